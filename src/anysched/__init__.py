@@ -1,0 +1,46 @@
+"""anysched: a job scheduler for trio and asyncio programs, on anyio.
+
+Put jobs (a typed payload and a due time) in a store; a scheduler embedded in your program
+leases due jobs and runs them concurrently on an async handler::
+
+    async with open_scheduler(store, handler, workers=10) as scheduler:
+        await scheduler.add_job(Job.create(payload))
+"""
+
+from __future__ import annotations
+
+from ._exceptions import AnyschedError as AnyschedError
+from ._exceptions import DuplicateJobError as DuplicateJobError
+from ._exceptions import JobNotFoundError as JobNotFoundError
+from ._exceptions import LeaseLostError as LeaseLostError
+from ._exceptions import TransientStoreError as TransientStoreError
+from ._job import Job as Job
+from ._job import JobStatus as JobStatus
+from ._retry import TRANSIENT_ERRORS as TRANSIENT_ERRORS
+from ._retry import Backoff as Backoff
+from ._scheduler import Handler as Handler
+from ._scheduler import Scheduler as Scheduler
+from ._scheduler import open_scheduler as open_scheduler
+from ._signals import shutdown_on_signals as shutdown_on_signals
+from ._store import JobStore as JobStore
+from ._store import KnowsNextDueTime as KnowsNextDueTime
+from .stores.memory import MemoryStore as MemoryStore
+
+__all__ = (
+    "TRANSIENT_ERRORS",
+    "AnyschedError",
+    "Backoff",
+    "DuplicateJobError",
+    "Handler",
+    "Job",
+    "JobNotFoundError",
+    "JobStatus",
+    "JobStore",
+    "KnowsNextDueTime",
+    "LeaseLostError",
+    "MemoryStore",
+    "Scheduler",
+    "TransientStoreError",
+    "open_scheduler",
+    "shutdown_on_signals",
+)

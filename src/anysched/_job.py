@@ -1,0 +1,117 @@
+"""Jobs: an immutable, generic record of a payload and its scheduling state."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from enum import Enum
+from typing import Generic, TypeVar
+
+from ._time import require_utc, utc_now
+
+T = TypeVar("T")
+
+
+class JobStatus(str, Enum):
+    """Where a job is in its life. The values are the strings stores persist."""
+
+    PENDING = "pending"
+    """Waiting to run (due or not yet due), or running under a lease."""
+    COMPLETED = "completed"
+    """The handler returned."""
+    FAILED = "failed"
+    """The handler raised; ``last_error`` says what."""
+
+    def __str__(self) -> str:
+        return self.value
+
+
+def new_job_id() -> str:
+    """A fresh job id: a random UUID4 as a string."""
+    return str(uuid.uuid4())
+
+
+def new_lease_token() -> str:
+    """A fresh lease token. A store sets one on every claim, so an old holder is fenced out."""
+    return uuid.uuid4().hex
+
+
+@dataclass(frozen=True, slots=True)
+class Job(Generic[T]):
+    """One unit of work: a typed payload, a due time and the state a store keeps for it.
+
+    Jobs are immutable: the scheduler and the stores make changed copies with
+    :func:`dataclasses.replace`. Every datetime is timezone-aware UTC; a naive one is a
+    ``ValueError`` and an aware one in another zone is converted to UTC.
+
+    :param payload: what the handler works on
+    :param id: unique within a store (a UUID4 string by default)
+    :param status: pending, completed or failed
+    :param process_after: the job is due from this moment
+    :param visible_after: while set and in the future, the job is leased to someone
+    :param processed_at: when the handler finished (completed or failed)
+    :param attempts: how many times the job was claimed
+    :param lease: the token of the current (or last) lease; updates are fenced by it
+    :param last_error: the last handler error, as text
+    """
+
+    payload: T
+    id: str = field(default_factory=new_job_id)
+    status: JobStatus = JobStatus.PENDING
+    process_after: datetime = field(default_factory=utc_now)
+    visible_after: datetime | None = None
+    processed_at: datetime | None = None
+    attempts: int = 0
+    lease: str | None = None
+    last_error: str | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.id, str) or not self.id:  # pyright: ignore[reportUnnecessaryIsInstance]
+            raise ValueError(f"id must be a non-empty string, got {self.id!r}")
+        if not isinstance(self.status, JobStatus):  # pyright: ignore[reportUnnecessaryIsInstance]
+            object.__setattr__(self, "status", JobStatus(self.status))
+        if type(self.attempts) is not int or self.attempts < 0:
+            raise ValueError(f"attempts must be an int >= 0, got {self.attempts!r}")
+        self._set_utc("process_after", self.process_after)
+        if self.visible_after is not None:
+            self._set_utc("visible_after", self.visible_after)
+        if self.processed_at is not None:
+            self._set_utc("processed_at", self.processed_at)
+
+    def _set_utc(self, name: str, value: datetime) -> None:
+        utc = require_utc(name, value)
+        if utc is not value:
+            object.__setattr__(self, name, utc)
+
+    @classmethod
+    def create(cls, payload: T, *, process_after: datetime | None = None, id: str | None = None) -> Job[T]:  # noqa: A002 -- `id` is the field's name
+        """A new pending job, due at ``process_after`` (now by default).
+
+        :param payload: what the handler will receive as ``job.payload``
+        :param process_after: when the job becomes due; timezone-aware
+        :param id: the job's id; a fresh UUID4 string by default
+        """
+        return cls(
+            payload=payload,
+            id=new_job_id() if id is None else id,
+            process_after=utc_now() if process_after is None else process_after,
+        )
+
+    def is_due(self, now: datetime) -> bool:
+        """Whether a store may hand this job out at ``now``: pending, due and not leased."""
+        return (
+            self.status is JobStatus.PENDING
+            and self.process_after <= now
+            and (self.visible_after is None or self.visible_after <= now)
+        )
+
+
+def claimed(job: Job[T], now: datetime, visibility_timeout: timedelta) -> Job[T]:
+    """The job as a store hands it out: leased until ``now + visibility_timeout``, one more attempt."""
+    return replace(
+        job,
+        visible_after=now + visibility_timeout,
+        lease=new_lease_token(),
+        attempts=job.attempts + 1,
+    )

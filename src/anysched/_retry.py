@@ -1,0 +1,95 @@
+"""The one retry policy for store calls: exponential backoff through stamina, until cancelled."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+import anyio
+import stamina
+
+from ._exceptions import TransientStoreError
+from ._time import Seconds, to_seconds
+
+R = TypeVar("R")
+
+logger = logging.getLogger("anysched")
+
+TRANSIENT_ERRORS: tuple[type[Exception], ...] = (TransientStoreError, ConnectionError, TimeoutError)
+"""What a store raises for a failure that may pass; everything else is permanent."""
+
+
+def is_transient(error: Exception) -> bool:
+    """Whether a store error is worth retrying (lost leases and duplicate ids never are)."""
+    return isinstance(error, TRANSIENT_ERRORS)
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Exponential backoff: ``initial``, doubling each time, capped at ``maximum``, plus up
+    to ``jitter`` seconds of random delay so that many workers do not retry in step.
+
+    The default is go-sched's policy: 100 ms doubling up to 5 s.
+    """
+
+    initial: Seconds = 0.1
+    maximum: Seconds = 5.0
+    jitter: Seconds = 0.1
+
+    def __post_init__(self) -> None:
+        initial = to_seconds("initial", self.initial)
+        maximum = to_seconds("maximum", self.maximum)
+        to_seconds("jitter", self.jitter, allow_zero=True)
+        if maximum < initial:
+            raise ValueError(f"maximum ({self.maximum!r}) must be >= initial ({self.initial!r})")
+
+    def delay(self, attempt: int) -> float:
+        """The delay before retry number ``attempt`` (1-based), without jitter."""
+        initial, maximum = to_seconds("initial", self.initial), to_seconds("maximum", self.maximum)
+        return min(maximum, initial * 2.0 ** (attempt - 1))
+
+
+async def call_store(operation: str, job_id: str | None, call: Callable[[], Awaitable[R]], backoff: Backoff) -> R:
+    """Await ``call()``; retry transient errors with ``backoff`` until it succeeds or we are cancelled.
+
+    The first attempt runs bare: stamina's machinery costs tens of microseconds a call,
+    too much for a hot path whose store calls almost always succeed. Only after a
+    transient failure does the stamina loop take over.
+    """
+    try:
+        return await call()
+    except Exception as error:
+        if not is_transient(error):
+            raise
+        _log_retry(operation, job_id, error, 1, backoff.delay(1))
+    await anyio.sleep(backoff.delay(1))
+    async for attempt in stamina.retry_context(
+        on=is_transient,
+        attempts=None,
+        timeout=None,
+        wait_initial=backoff.delay(2),
+        wait_max=backoff.maximum,
+        wait_jitter=backoff.jitter,
+        wait_exp_base=2,
+    ):
+        with attempt:
+            try:
+                return await call()
+            except Exception as error:
+                if is_transient(error):
+                    _log_retry(operation, job_id, error, attempt.num + 1, attempt.next_wait)
+                raise
+    raise AssertionError("unreachable: stamina retries without limit")  # pragma: no cover
+
+
+def _log_retry(operation: str, job_id: str | None, error: Exception, attempt: int, wait: float) -> None:
+    logger.warning(
+        "store %s failed (attempt %d%s): %r; retrying in %.2fs",
+        operation,
+        attempt,
+        "" if job_id is None else f", job {job_id}",
+        error,
+        wait,
+    )

@@ -1,0 +1,462 @@
+"""The scheduler: one fetcher, N workers and a lease keeper in one anyio task group."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import math
+import traceback
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from typing import Generic, TypeVar
+
+import anyio
+import anyio.lowlevel
+from anyio.abc import TaskGroup, TaskStatus
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from ._exceptions import JobNotFoundError, LeaseLostError
+from ._job import Job, JobStatus
+from ._retry import Backoff, call_store
+from ._store import JobStore, KnowsNextDueTime
+from ._time import Seconds, require_utc, to_seconds, utc_now
+
+T = TypeVar("T")
+
+Handler = Callable[[Job[T]], Awaitable[object]]
+"""``async def handler(job: Job[T]) -> None``: returning completes the job, raising fails it."""
+
+logger = logging.getLogger("anysched")
+
+RENEW_WHEN_REMAINING = 2 / 3
+"""Renew a running job's lease once a third of the visibility timeout has passed, so two
+renewals can fail before the lease runs out."""
+
+
+@dataclass(eq=False)
+class _Running(Generic[T]):
+    """A job whose handler is running, as the lease keeper sees it."""
+
+    job: Job[T]
+    worker: int
+    scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
+    renewing: anyio.Event | None = None
+    finished: bool = False
+    lost: bool = False
+
+
+class Scheduler(Generic[T]):
+    """Leases due jobs from a store and runs them on ``workers`` concurrent handler calls.
+
+    Use :func:`open_scheduler` to run one for the length of an ``async with`` block, or
+    ``await task_group.start(scheduler.run)`` to embed it in a task group of your own.
+    Every option is keyword-only and checked here: a bad value raises ``ValueError`` or
+    ``TypeError`` naming the option.
+
+    :param store: where jobs live (any :class:`~anysched.JobStore`)
+    :param handler: ``async def handler(job) -> None``; returning completes the job,
+        raising an exception marks it failed with ``last_error``
+    :param workers: how many handlers may run at once
+    :param fetch_interval: how long to sleep when no job is due (at most; less when the
+        store knows its next due time or a job is added through this scheduler)
+    :param visibility_timeout: how long a lease lasts; running jobs renew theirs, so this
+        only matters when a process dies
+    :param shutdown_timeout: the bound on the shielded clean-up that hands leased jobs back
+        on shutdown or cancellation
+    :param buffer_size: how many leased jobs may wait for a free worker (default: ``workers``)
+    :param store_backoff: the backoff between retries of a failed store call
+    :param clock: returns the current time (timezone-aware); tests pass one that follows
+        the event loop's clock
+    """
+
+    def __init__(
+        self,
+        store: JobStore[T],
+        handler: Handler[T],
+        *,
+        workers: int = 10,
+        fetch_interval: Seconds = 1.0,
+        visibility_timeout: Seconds = 30.0,
+        shutdown_timeout: Seconds = 10.0,
+        buffer_size: int | None = None,
+        store_backoff: Backoff = Backoff(),  # noqa: B008 -- immutable
+        clock: Callable[[], datetime] = utc_now,
+    ) -> None:
+        _check_store(store)
+        _check_handler(handler)
+        self._store = store
+        self._handler = handler
+        self._workers = _check_count("workers", workers, minimum=1)
+        self._buffer_size = workers if buffer_size is None else _check_count("buffer_size", buffer_size, minimum=0)
+        self._fetch_interval = to_seconds("fetch_interval", fetch_interval)
+        self._visibility_timeout = timedelta(seconds=to_seconds("visibility_timeout", visibility_timeout))
+        self._shutdown_timeout = to_seconds("shutdown_timeout", shutdown_timeout)
+        if not isinstance(store_backoff, Backoff):  # pyright: ignore[reportUnnecessaryIsInstance]
+            raise TypeError(f"store_backoff must be an anysched.Backoff, not {type(store_backoff).__name__}")
+        self._backoff = store_backoff
+        if not callable(clock):
+            raise TypeError("clock must be a callable returning a timezone-aware datetime")
+        self._clock = clock
+        self._next_due_time = store.next_due_time if isinstance(store, KnowsNextDueTime) else None
+        self._running: set[_Running[T]] = set()
+        self._stopping = False
+        self._started = False
+        self._waiting_for_space = False
+        self._nudge: anyio.Event | None = None
+        self._stopped: anyio.Event | None = None
+        self._scope: anyio.CancelScope | None = None
+
+    # -- public API ------------------------------------------------------------------------
+
+    async def run(self, *, task_status: TaskStatus[Scheduler[T]] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Run until :meth:`shutdown` (or cancellation), then hand unstarted leased jobs back.
+
+        Reports itself started (``await task_group.start(scheduler.run)`` returns the
+        scheduler) once its tasks are running. A scheduler runs once.
+        """
+        if self._started:
+            raise RuntimeError("this scheduler has already been started; create a new one")
+        self._started = True
+        self._nudge, self._stopped = anyio.Event(), anyio.Event()
+        send, receive = anyio.create_memory_object_stream[Job[T]](self._buffer_size)
+        try:
+            with anyio.CancelScope() as self._scope:
+                await self._run_tasks(send, receive, task_status)
+        finally:
+            with anyio.move_on_after(self._shutdown_timeout, shield=True):
+                await self._release_buffered(receive)
+            receive.close()
+            self._stopped.set()
+            logger.info("scheduler stopped")
+
+    def shutdown(self, *, cancel_running: bool = False) -> None:
+        """Stop fetching, let running handlers finish, hand unstarted jobs back.
+
+        Returns at once; the scheduler's ``run`` (or ``open_scheduler`` block) returns when
+        the handlers are done. With ``cancel_running=True`` running handlers are cancelled
+        too and their jobs handed back.
+        """
+        if not self._stopping:
+            logger.info("scheduler shutting down: letting %d running job(s) finish", len(self._running))
+        self._stopping = True
+        if self._nudge is not None:
+            self._nudge.set()
+        if cancel_running and self._scope is not None:
+            self._scope.cancel()
+
+    async def wait_stopped(self) -> None:
+        """Wait until the scheduler has stopped and handed its leased jobs back."""
+        if self._stopped is None:
+            raise RuntimeError("the scheduler has not been started")
+        await self._stopped.wait()
+
+    async def add_job(self, job: Job[T]) -> None:
+        """Add a job to the store and wake the fetcher so a due job starts at once.
+
+        :raises DuplicateJobError: a job with this id exists
+        """
+        await call_store("add_job", job.id, lambda: self._store.add_job(job), self._backoff)
+        if self._nudge is not None and not self._waiting_for_space:
+            self._nudge.set()
+
+    # -- the task group ----------------------------------------------------------------------
+
+    async def _run_tasks(
+        self,
+        send: MemoryObjectSendStream[Job[T]],
+        receive: MemoryObjectReceiveStream[Job[T]],
+        task_status: TaskStatus[Scheduler[T]],
+    ) -> None:
+        async with anyio.create_task_group() as outer:
+            outer.start_soon(self._keep_leases, outer, name="anysched-lease-keeper")
+            async with anyio.create_task_group() as tg:
+                for worker in range(self._workers):
+                    tg.start_soon(self._work, receive.clone(), worker, name=f"anysched-worker-{worker}")
+                tg.start_soon(self._fetch, send, name="anysched-fetcher")
+                logger.info("scheduler started with %d worker(s)", self._workers)
+                task_status.started(self)
+            outer.cancel_scope.cancel()  # every worker is done: no lease left to keep
+
+    # -- the fetcher -------------------------------------------------------------------------
+
+    async def _fetch(self, send: MemoryObjectSendStream[Job[T]]) -> None:
+        """Lease exactly as many jobs as the stream can take without blocking, and send them."""
+        async with send:
+            while not self._stopping:
+                free = _free_capacity(send)
+                if free == 0:
+                    await self._wait(None, for_space=True)
+                    continue
+                jobs = await call_store("fetch_pending_jobs", None, lambda: self._claim(free), self._backoff)
+                for job in jobs:
+                    send.send_nowait(job)  # cannot block: only workers touch the stream meanwhile, and they take
+                if len(jobs) < free and not self._stopping:
+                    await self._wait(await self._idle_delay(), for_space=False)
+
+    def _claim(self, limit: int) -> Awaitable[list[Job[T]]]:
+        return self._store.fetch_pending_jobs(self._now(), limit, self._visibility_timeout)
+
+    async def _idle_delay(self) -> float:
+        """Sleep ``fetch_interval``, or less if the store knows when its next job is due."""
+        if self._next_due_time is None:
+            return self._fetch_interval
+        try:
+            due = await self._next_due_time()
+        except Exception as error:  # only an optimisation: the interval is a safe fallback
+            logger.debug("next_due_time failed: %r; sleeping the whole fetch interval", error)
+            return self._fetch_interval
+        if due is None:
+            return self._fetch_interval
+        return max(0.0, min(self._fetch_interval, (due - self._now()).total_seconds()))
+
+    async def _wait(self, timeout: float | None, *, for_space: bool) -> None:
+        """Wait for a nudge (a worker took a job, a job was added, shutdown) or ``timeout``."""
+        self._nudge = anyio.Event()
+        self._waiting_for_space = for_space
+        with anyio.move_on_after(math.inf if timeout is None else timeout):
+            await self._nudge.wait()
+        self._waiting_for_space = False
+
+    # -- the workers -------------------------------------------------------------------------
+
+    async def _work(self, receive: MemoryObjectReceiveStream[Job[T]], worker: int) -> None:
+        with receive:
+            while True:
+                try:
+                    job = receive.receive_nowait()
+                except anyio.WouldBlock:
+                    try:
+                        job = await receive.receive()
+                    except anyio.EndOfStream:
+                        return
+                except anyio.EndOfStream:
+                    return
+                if self._waiting_for_space:
+                    assert self._nudge is not None
+                    self._nudge.set()
+                await self._process(job, worker)
+                # A handler and a store that never await would otherwise let this loop
+                # starve every other task: yield once per job.
+                await anyio.lowlevel.checkpoint()
+
+    async def _process(self, job: Job[T], worker: int) -> None:
+        """Run one job and record its outcome; on any interruption, hand the job back."""
+        started = False
+        try:
+            if self._stopping:
+                await self._hand_back(job, started=False)
+                return
+            fresh = await self._fresh_lease(job)
+            if fresh is None:
+                return
+            started = True
+            outcome = await self._run_handler(fresh, worker)
+        except BaseException:
+            with anyio.move_on_after(self._shutdown_timeout, shield=True):
+                await self._hand_back(job, started=started)
+            raise
+        if outcome is not None:
+            await self._record(outcome, worker)
+
+    async def _fresh_lease(self, job: Job[T]) -> Job[T] | None:
+        """The job with a lease that will outlast the first renewal, or ``None`` if it is lost.
+
+        A job that waited in the buffer may be near its lease's end; renewing it first
+        means the handler never starts on a job someone else may already have claimed.
+        """
+        if self._lease_remaining(job) >= RENEW_WHEN_REMAINING:
+            return job
+        renewed = replace(job, visible_after=self._now() + self._visibility_timeout)
+        try:
+            await call_store("update_job (renew lease)", job.id, lambda: self._store.update_job(renewed), self._backoff)
+        except (LeaseLostError, JobNotFoundError):
+            logger.warning("job %s: lease lost while it waited for a worker; not running it", job.id)
+            return None
+        return renewed
+
+    async def _run_handler(self, job: Job[T], worker: int) -> Job[T] | None:
+        """Await the handler; return the job's new state, or ``None`` when the lease was lost."""
+        running = _Running(job, worker)
+        self._running.add(running)
+        logger.debug("job %s started on worker %d (attempt %d)", job.id, worker, job.attempts)
+        begin = anyio.current_time()
+        error: Exception | None = None
+        try:
+            with running.scope:
+                try:
+                    await self._handler(job)
+                except Exception as exc:
+                    error = exc
+        finally:
+            running.finished = True
+            if running.renewing is not None:  # never let a renewal land after the outcome
+                with anyio.CancelScope(shield=True):
+                    await running.renewing.wait()
+            self._running.discard(running)
+        duration = anyio.current_time() - begin
+        if running.lost:
+            logger.warning("job %s on worker %d: lease lost after %.3fs; result not recorded", job.id, worker, duration)
+            return None
+        return self._outcome(running.job, worker, duration, error)
+
+    def _outcome(self, job: Job[T], worker: int, duration: float, error: Exception | None) -> Job[T]:
+        now = self._now()
+        if error is None:
+            logger.info("job %s completed on worker %d in %.3fs", job.id, worker, duration)
+            return replace(job, status=JobStatus.COMPLETED, processed_at=now, visible_after=None)
+        logger.error("job %s failed on worker %d after %.3fs", job.id, worker, duration, exc_info=error)
+        message = "".join(traceback.format_exception_only(type(error), error)).strip()
+        return replace(job, status=JobStatus.FAILED, processed_at=now, visible_after=None, last_error=message)
+
+    async def _record(self, outcome: Job[T], worker: int) -> None:
+        """Write a finished job's outcome; if cancelled meanwhile, try once more, shielded and bounded."""
+        try:
+            await self._write(outcome, f"update_job ({outcome.status})")
+        except BaseException:
+            with anyio.move_on_after(self._shutdown_timeout, shield=True) as scope:
+                await self._write(outcome, f"update_job ({outcome.status})")
+            if scope.cancelled_caught:
+                logger.error(
+                    "job %s on worker %d: outcome not recorded within shutdown_timeout; "
+                    "it runs again when its lease expires",
+                    outcome.id,
+                    worker,
+                )
+            raise
+
+    async def _hand_back(self, job: Job[T], *, started: bool) -> None:
+        """Release a leased job so it is visible again at once.
+
+        An unstarted job gets its attempt back; a started one keeps it (it did run).
+        """
+        released = replace(job, visible_after=None, attempts=job.attempts - (0 if started else 1))
+        await self._write(released, "update_job (release)")
+        logger.info("job %s handed back%s", job.id, " (interrupted)" if started else "")
+
+    async def _write(self, job: Job[T], operation: str) -> None:
+        try:
+            await call_store(operation, job.id, lambda: self._store.update_job(job), self._backoff)
+        except (LeaseLostError, JobNotFoundError) as error:
+            logger.warning("job %s: %s not written: %s", job.id, operation, error)
+
+    async def _release_buffered(self, receive: MemoryObjectReceiveStream[Job[T]]) -> None:
+        """Hand back every job still waiting in the stream (run shielded, at the very end)."""
+        while True:
+            try:
+                job = receive.receive_nowait()
+            except (anyio.WouldBlock, anyio.EndOfStream):
+                return
+            await self._hand_back(job, started=False)
+
+    # -- the lease keeper --------------------------------------------------------------------
+
+    async def _keep_leases(self, tg: TaskGroup) -> None:
+        """Renew the lease of every running job once a third of it has passed."""
+        period = self._visibility_timeout.total_seconds() / 6
+        while True:
+            await anyio.sleep(period)
+            for running in list(self._running):
+                due = self._lease_remaining(running.job) < RENEW_WHEN_REMAINING
+                if due and running.renewing is None and not running.finished:
+                    running.renewing = anyio.Event()
+                    tg.start_soon(self._renew, running, name=f"anysched-renew-{running.job.id}")
+
+    async def _renew(self, running: _Running[T]) -> None:
+        job = running.job
+        renewed = replace(job, visible_after=self._now() + self._visibility_timeout)
+        assert job.visible_after is not None
+        try:
+            with anyio.move_on_after(max(0.0, (job.visible_after - self._now()).total_seconds())):
+                await call_store("update_job (renew lease)", job.id, lambda: self._store.update_job(renewed), self._backoff)
+                running.job = renewed
+                return
+            self._lose(running, "its lease expired before the store could renew it")
+        except (LeaseLostError, JobNotFoundError):
+            self._lose(running, "the store says its lease was lost")
+        finally:
+            assert running.renewing is not None
+            running.renewing.set()
+            running.renewing = None
+
+    def _lose(self, running: _Running[T], why: str) -> None:
+        logger.warning("job %s on worker %d: cancelling the handler: %s", running.job.id, running.worker, why)
+        running.lost = True
+        running.scope.cancel()
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def _now(self) -> datetime:
+        return require_utc("clock()", self._clock())
+
+    def _lease_remaining(self, job: Job[T]) -> float:
+        """The fraction of the visibility timeout left on ``job``'s lease."""
+        if job.visible_after is None:
+            return 0.0
+        return (job.visible_after - self._now()) / self._visibility_timeout
+
+
+@asynccontextmanager
+async def open_scheduler(
+    store: JobStore[T],
+    handler: Handler[T],
+    *,
+    workers: int = 10,
+    fetch_interval: Seconds = 1.0,
+    visibility_timeout: Seconds = 30.0,
+    shutdown_timeout: Seconds = 10.0,
+    buffer_size: int | None = None,
+    store_backoff: Backoff = Backoff(),  # noqa: B008 -- immutable
+    clock: Callable[[], datetime] = utc_now,
+) -> AsyncIterator[Scheduler[T]]:
+    """Run a :class:`Scheduler` for the length of an ``async with`` block.
+
+    Leaving the block normally shuts the scheduler down gracefully: fetching stops, running
+    handlers finish, unstarted leased jobs are handed back. An exception in the block
+    cancels the handlers instead (their jobs are handed back too) and propagates.
+    The options are :class:`Scheduler`'s.
+    """
+    scheduler = Scheduler(
+        store,
+        handler,
+        workers=workers,
+        fetch_interval=fetch_interval,
+        visibility_timeout=visibility_timeout,
+        shutdown_timeout=shutdown_timeout,
+        buffer_size=buffer_size,
+        store_backoff=store_backoff,
+        clock=clock,
+    )
+    async with anyio.create_task_group() as tg:
+        await tg.start(scheduler.run)
+        try:
+            yield scheduler
+        finally:
+            scheduler.shutdown()
+
+
+def _free_capacity(send: MemoryObjectSendStream[Job[T]]) -> int:
+    """How many items ``send_nowait`` accepts right now: free buffer plus waiting receivers."""
+    stats = send.statistics()
+    return int(stats.max_buffer_size) - stats.current_buffer_used + stats.tasks_waiting_receive
+
+
+def _check_count(name: str, value: int, *, minimum: int) -> int:
+    if type(value) is not int or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+    return value
+
+
+def _check_store(store: object) -> None:
+    if not isinstance(store, JobStore):
+        raise TypeError(
+            f"store must implement the JobStore protocol (fetch_pending_jobs, update_job, add_job), "
+            f"not {type(store).__name__}"
+        )
+
+
+def _check_handler(handler: object) -> None:
+    call = getattr(handler, "__call__", None)  # noqa: B004 -- an async __call__ counts too
+    if not (inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(call)):
+        raise TypeError(f"handler must be an async function (async def handler(job): ...), got {handler!r}")

@@ -1,0 +1,56 @@
+"""The store contract: three async methods, structural, so a custom store inherits nothing."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Protocol, TypeVar, runtime_checkable
+
+from ._job import Job
+
+T = TypeVar("T")
+
+
+@runtime_checkable
+class JobStore(Protocol[T]):
+    """Where jobs live. The scheduler needs only these three methods.
+
+    Stores signal a transient failure (an outage, a timeout) by raising
+    :class:`~anysched.TransientStoreError`, ``ConnectionError`` or ``TimeoutError``: the
+    scheduler retries those with backoff. Anything else is permanent and is not retried.
+    """
+
+    async def fetch_pending_jobs(self, now: datetime, limit: int, visibility_timeout: timedelta) -> list[Job[T]]:
+        """Atomically lease and return up to ``limit`` jobs that are pending, due and visible.
+
+        Each returned job has ``visible_after = now + visibility_timeout``, a fresh ``lease``
+        token and ``attempts`` one higher. Oldest due (``process_after``) first. Two callers
+        never receive the same job while its lease holds.
+        """
+        ...
+
+    async def update_job(self, job: Job[T]) -> None:
+        """Replace the stored job with ``job``, only while the store holds ``job.lease``.
+
+        :raises LeaseLostError: the stored job carries another lease token (or none)
+        :raises JobNotFoundError: no job has this id
+        """
+        ...
+
+    async def add_job(self, job: Job[T]) -> None:
+        """Insert a new job.
+
+        :raises DuplicateJobError: a job with this id exists; nothing was written
+        """
+        ...
+
+
+@runtime_checkable
+class KnowsNextDueTime(Protocol):
+    """Optional: a store that can say when its next job becomes due or visible.
+
+    The scheduler then sleeps until that moment instead of a whole ``fetch_interval``.
+    """
+
+    async def next_due_time(self) -> datetime | None:
+        """The earliest moment a pending job becomes claimable, or ``None`` if there is none."""
+        ...

@@ -1,0 +1,184 @@
+"""MemoryStore: every job in one process's memory, claims in O(log n)."""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import threading
+from collections import Counter
+from datetime import datetime, timedelta
+from typing import Generic, TypeVar
+
+from .._exceptions import DuplicateJobError, JobNotFoundError, LeaseLostError
+from .._job import Job, JobStatus, claimed
+from .._time import require_utc
+
+T = TypeVar("T")
+
+_Entry = tuple[datetime, int, str]
+"""A heap entry: (sort key, sequence number, job id). The sequence number breaks ties in
+insertion order and says whether the entry is still the job's current one."""
+
+
+class MemoryStore(Generic[T]):
+    """An in-process job store: the embedded default for demos, tests and single processes.
+
+    Jobs live in a dict; pending jobs are indexed by two heaps, so a claim costs O(log n)
+    in the number of stored jobs and never scans them all:
+
+    - *waiting*: pending jobs not yet claimable, keyed by the moment they become so (their
+      due time, or their lease expiry if later);
+    - *ready*: claimable jobs, keyed by due time, so the oldest due is claimed first.
+
+    A changed job gets a new entry and its old one is skipped when it surfaces (lazy
+    deletion). Every method runs without awaiting, under a lock, so any number of tasks
+    (and threads) may share one store. Jobs are lost when the process exits.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._jobs: dict[str, Job[T]] = {}
+        self._waiting: list[_Entry] = []
+        self._ready: list[_Entry] = []
+        self._current_entry: dict[str, int] = {}
+        self._sequence = itertools.count()
+        self._counts: Counter[JobStatus] = Counter()
+
+    # -- the store contract ------------------------------------------------------------
+
+    async def fetch_pending_jobs(self, now: datetime, limit: int, visibility_timeout: timedelta) -> list[Job[T]]:
+        """Lease up to ``limit`` due jobs, oldest due first (see :class:`~anysched.JobStore`)."""
+        now = require_utc("now", now)
+        _check_claim_arguments(limit, visibility_timeout)
+        with self._lock:
+            self._promote_claimable(now)
+            leased: list[Job[T]] = []
+            not_yet: list[_Entry] = []
+            while self._ready and len(leased) < limit:
+                entry = heapq.heappop(self._ready)
+                if self._current_entry.get(entry[2]) != entry[1]:
+                    continue
+                job = self._jobs[entry[2]]
+                if job.is_due(now):
+                    leased.append(self._claim(job, now, visibility_timeout))
+                else:  # promoted by a caller whose clock runs ahead of this one's
+                    not_yet.append(entry)
+            for entry in not_yet:
+                heapq.heappush(self._ready, entry)
+            return leased
+
+    async def update_job(self, job: Job[T]) -> None:
+        """Store ``job`` if the stored copy still carries ``job.lease`` (see :class:`~anysched.JobStore`)."""
+        _check_job(job)
+        with self._lock:
+            stored = self._jobs.get(job.id)
+            if stored is None:
+                raise JobNotFoundError(job.id)
+            if stored.lease is None or stored.lease != job.lease:
+                raise LeaseLostError(job.id)
+            self._put(stored, job)
+
+    async def add_job(self, job: Job[T]) -> None:
+        """Insert ``job``; an existing id raises :class:`~anysched.DuplicateJobError`."""
+        _check_job(job)
+        with self._lock:
+            if job.id in self._jobs:
+                raise DuplicateJobError(job.id)
+            self._put(None, job)
+
+    async def next_due_time(self) -> datetime | None:
+        """The earliest moment a pending job is claimable, or ``None`` when none is pending."""
+        with self._lock:
+            for heap in (self._ready, self._waiting):
+                self._drop_stale_top(heap)
+            if self._ready:
+                return self._jobs[self._ready[0][2]].process_after
+            return self._waiting[0][0] if self._waiting else None
+
+    # -- what go-sched's memory store offers beyond the contract -------------------------
+
+    def get_job(self, job_id: str) -> Job[T]:
+        """The stored job with this id. :raises JobNotFoundError: no such job"""
+        with self._lock:
+            try:
+                return self._jobs[job_id]
+            except KeyError:
+                raise JobNotFoundError(job_id) from None
+
+    def jobs(self) -> list[Job[T]]:
+        """A snapshot of every stored job (go-sched's ``GetJobs``), in insertion order."""
+        with self._lock:
+            return list(self._jobs.values())
+
+    def count(self, status: JobStatus | None = None) -> int:
+        """How many jobs have ``status`` (all jobs when ``None``), in O(1)."""
+        with self._lock:
+            return len(self._jobs) if status is None else self._counts[JobStatus(status)]
+
+    def purge(self, *, completed_before: datetime) -> int:
+        """Delete completed jobs processed before ``completed_before``; return how many.
+
+        Completed jobs are kept until purged, so a long-running process calls this now and
+        then. Pending and failed jobs are never purged.
+        """
+        cutoff = require_utc("completed_before", completed_before)
+        with self._lock:
+            doomed = [
+                job.id
+                for job in self._jobs.values()
+                if job.status is JobStatus.COMPLETED and job.processed_at is not None and job.processed_at < cutoff
+            ]
+            for job_id in doomed:
+                del self._jobs[job_id]
+            self._counts[JobStatus.COMPLETED] -= len(doomed)
+            return len(doomed)
+
+    def __len__(self) -> int:
+        return self.count()
+
+    # -- internals -----------------------------------------------------------------------
+
+    def _claim(self, job: Job[T], now: datetime, visibility_timeout: timedelta) -> Job[T]:
+        leased = claimed(job, now, visibility_timeout)
+        self._put(job, leased)
+        return leased
+
+    def _put(self, old: Job[T] | None, new: Job[T]) -> None:
+        """Store ``new`` in place of ``old`` and index it when it is pending."""
+        self._jobs[new.id] = new
+        if old is not None:
+            self._counts[old.status] -= 1
+        self._counts[new.status] += 1
+        if new.status is not JobStatus.PENDING:
+            self._current_entry.pop(new.id, None)
+            return
+        sequence = next(self._sequence)
+        self._current_entry[new.id] = sequence
+        claimable_at = new.process_after
+        if new.visible_after is not None and new.visible_after > claimable_at:
+            claimable_at = new.visible_after
+        heapq.heappush(self._waiting, (claimable_at, sequence, new.id))
+
+    def _promote_claimable(self, now: datetime) -> None:
+        """Move the entries of jobs that became claimable by ``now`` to the ready heap."""
+        waiting, ready, current = self._waiting, self._ready, self._current_entry
+        while waiting and waiting[0][0] <= now:
+            _, sequence, job_id = heapq.heappop(waiting)
+            if current.get(job_id) == sequence:
+                heapq.heappush(ready, (self._jobs[job_id].process_after, sequence, job_id))
+
+    def _drop_stale_top(self, heap: list[_Entry]) -> None:
+        while heap and self._current_entry.get(heap[0][2]) != heap[0][1]:
+            heapq.heappop(heap)
+
+
+def _check_claim_arguments(limit: int, visibility_timeout: timedelta) -> None:
+    if type(limit) is not int or limit < 0:
+        raise ValueError(f"limit must be an int >= 0, got {limit!r}")
+    if not isinstance(visibility_timeout, timedelta) or visibility_timeout <= timedelta(0):  # pyright: ignore[reportUnnecessaryIsInstance]
+        raise ValueError(f"visibility_timeout must be a positive timedelta, got {visibility_timeout!r}")
+
+
+def _check_job(job: Job[T]) -> None:
+    if not isinstance(job, Job):  # pyright: ignore[reportUnnecessaryIsInstance]
+        raise TypeError(f"job must be an anysched.Job, not {type(job).__name__}")
