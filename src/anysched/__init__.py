@@ -13,6 +13,7 @@ from ._exceptions import AnyschedError as AnyschedError
 from ._exceptions import DuplicateJobError as DuplicateJobError
 from ._exceptions import JobNotFoundError as JobNotFoundError
 from ._exceptions import LeaseLostError as LeaseLostError
+from ._exceptions import PayloadError as PayloadError
 from ._exceptions import TransientStoreError as TransientStoreError
 from ._job import Job as Job
 from ._job import JobStatus as JobStatus
@@ -39,6 +40,7 @@ __all__ = (
     "KnowsNextDueTime",
     "LeaseLostError",
     "MemoryStore",
+    "PayloadError",
     "Scheduler",
     "TransientStoreError",
     "open_scheduler",

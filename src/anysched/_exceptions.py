@@ -49,3 +49,7 @@ class TransientStoreError(AnyschedError):
     every store call that raises it (or a builtin ``ConnectionError`` or ``TimeoutError``)
     with exponential backoff.
     """
+
+
+class PayloadError(AnyschedError, ValueError):
+    """A payload could not be encoded for a store, or a stored one could not be decoded."""
