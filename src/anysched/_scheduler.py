@@ -104,6 +104,11 @@ class Scheduler(Generic[T]):
         self._stopping = False
         self._started = False
         self._waiting_for_space = False
+        self._held = 0
+        """Jobs leased and not yet finished: buffered or running. Never more than
+        workers + buffer_size; the fetcher leases exactly the difference. Counted here rather
+        than read off the stream, whose statistics miss a job handed to a worker that has not
+        resumed yet."""
         self._nudge: anyio.Event | None = None
         self._stopped: anyio.Event | None = None
         self._scope: anyio.CancelScope | None = None
@@ -120,13 +125,13 @@ class Scheduler(Generic[T]):
             raise RuntimeError("this scheduler has already been started; create a new one")
         self._started = True
         self._nudge, self._stopped = anyio.Event(), anyio.Event()
-        send, receive = anyio.create_memory_object_stream[Job[T]](self._buffer_size)
+        # Room for every job the scheduler may hold, so send_nowait never blocks.
+        send, receive = anyio.create_memory_object_stream[Job[T]](self._workers + self._buffer_size)
         try:
             with anyio.CancelScope() as self._scope:
                 await self._run_tasks(send, receive, task_status)
         finally:
-            with anyio.move_on_after(self._shutdown_timeout, shield=True):
-                await self._release_buffered(receive)
+            await self._release_buffered(receive)
             receive.close()
             self._stopped.set()
             logger.info("scheduler stopped")
@@ -182,18 +187,33 @@ class Scheduler(Generic[T]):
     # -- the fetcher -------------------------------------------------------------------------
 
     async def _fetch(self, send: MemoryObjectSendStream[Job[T]]) -> None:
-        """Lease exactly as many jobs as the stream can take without blocking, and send them."""
+        """Lease as many jobs as there is room for (idle workers plus buffer) and send them.
+
+        No polling: with no room it waits for a worker to finish a job; with nothing due it
+        sleeps until the next due time, a job added through the scheduler, or shutdown.
+        """
         async with send:
             while not self._stopping:
-                free = _free_capacity(send)
+                self._nudge = anyio.Event()  # a nudge from now on ends the next wait at once
+                free = self._workers + self._buffer_size - self._held
                 if free == 0:
                     await self._wait(None, for_space=True)
                     continue
                 jobs = await call_store("fetch_pending_jobs", None, lambda: self._claim(free), self._backoff)
+                if len(jobs) > free:
+                    jobs = await self._hand_back_excess(jobs, free)
+                self._held += len(jobs)
                 for job in jobs:
-                    send.send_nowait(job)  # cannot block: only workers touch the stream meanwhile, and they take
+                    send.send_nowait(job)
                 if len(jobs) < free and not self._stopping:
                     await self._wait(await self._idle_delay(), for_space=False)
+
+    async def _hand_back_excess(self, jobs: list[Job[T]], limit: int) -> list[Job[T]]:
+        """A store that breaks the contract by returning more than ``limit`` jobs loses none."""
+        logger.error("the store returned %d jobs for a limit of %d; handing the rest back", len(jobs), limit)
+        for job in jobs[limit:]:
+            await self._hand_back(job, started=False)
+        return jobs[:limit]
 
     def _claim(self, limit: int) -> Awaitable[list[Job[T]]]:
         return self._store.fetch_pending_jobs(self._now(), limit, self._visibility_timeout)
@@ -212,8 +232,8 @@ class Scheduler(Generic[T]):
         return max(0.0, min(self._fetch_interval, (due - self._now()).total_seconds()))
 
     async def _wait(self, timeout: float | None, *, for_space: bool) -> None:
-        """Wait for a nudge (a worker took a job, a job was added, shutdown) or ``timeout``."""
-        self._nudge = anyio.Event()
+        """Wait for a nudge (a worker finished a job, a job was added, shutdown) or ``timeout``."""
+        assert self._nudge is not None
         self._waiting_for_space = for_space
         with anyio.move_on_after(math.inf if timeout is None else timeout):
             await self._nudge.wait()
@@ -233,13 +253,20 @@ class Scheduler(Generic[T]):
                         return
                 except anyio.EndOfStream:
                     return
-                if self._waiting_for_space:
-                    assert self._nudge is not None
-                    self._nudge.set()
-                await self._process(job, worker)
+                try:
+                    await self._process(job, worker)
+                finally:
+                    self._held -= 1
+                self._make_room()
                 # A handler and a store that never await would otherwise let this loop
                 # starve every other task: yield once per job.
                 await anyio.lowlevel.checkpoint()
+
+    def _make_room(self) -> None:
+        """Tell a fetcher that waits for room that a worker has finished a job."""
+        if self._waiting_for_space:
+            assert self._nudge is not None
+            self._nudge.set()
 
     async def _process(self, job: Job[T], worker: int) -> None:
         """Run one job and record its outcome; on any interruption, hand the job back."""
@@ -254,8 +281,7 @@ class Scheduler(Generic[T]):
             started = True
             outcome = await self._run_handler(fresh, worker)
         except BaseException:
-            with anyio.move_on_after(self._shutdown_timeout, shield=True):
-                await self._hand_back(job, started=started)
+            await self._shielded_hand_back([job], started=started)
             raise
         if outcome is not None:
             await self._record(outcome, worker)
@@ -335,6 +361,20 @@ class Scheduler(Generic[T]):
         await self._write(released, "update_job (release)")
         logger.info("job %s handed back%s", job.id, " (interrupted)" if started else "")
 
+    async def _shielded_hand_back(self, jobs: list[Job[T]], *, started: bool) -> None:
+        """Hand jobs back even while being cancelled, within ``shutdown_timeout`` in all."""
+        left = list(jobs)
+        with anyio.move_on_after(self._shutdown_timeout, shield=True):
+            while left:
+                await self._hand_back(left[0], started=started)
+                del left[0]
+        if left:
+            logger.error(
+                "%d job(s) not handed back within shutdown_timeout (%s); they run again when their leases expire",
+                len(left),
+                ", ".join(job.id for job in left),
+            )
+
     async def _write(self, job: Job[T], operation: str) -> None:
         try:
             await call_store(operation, job.id, lambda: self._store.update_job(job), self._backoff)
@@ -342,13 +382,14 @@ class Scheduler(Generic[T]):
             logger.warning("job %s: %s not written: %s", job.id, operation, error)
 
     async def _release_buffered(self, receive: MemoryObjectReceiveStream[Job[T]]) -> None:
-        """Hand back every job still waiting in the stream (run shielded, at the very end)."""
+        """Hand back every job still waiting in the stream, at the very end."""
+        buffered: list[Job[T]] = []
         while True:
             try:
-                job = receive.receive_nowait()
+                buffered.append(receive.receive_nowait())
             except (anyio.WouldBlock, anyio.EndOfStream):
-                return
-            await self._hand_back(job, started=False)
+                break
+        await self._shielded_hand_back(buffered, started=False)
 
     # -- the lease keeper --------------------------------------------------------------------
 
@@ -434,12 +475,6 @@ async def open_scheduler(
             yield scheduler
         finally:
             scheduler.shutdown()
-
-
-def _free_capacity(send: MemoryObjectSendStream[Job[T]]) -> int:
-    """How many items ``send_nowait`` accepts right now: free buffer plus waiting receivers."""
-    stats = send.statistics()
-    return int(stats.max_buffer_size) - stats.current_buffer_used + stats.tasks_waiting_receive
 
 
 def _check_count(name: str, value: int, *, minimum: int) -> int:

@@ -1,0 +1,122 @@
+"""Test doubles: a store wrapper that counts, fails and blocks on demand, and a recording handler."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Generic, TypeVar
+
+import anyio
+import anyio.lowlevel
+
+from anysched import Backoff, Job, JobStatus, MemoryStore, TransientStoreError
+
+T = TypeVar("T")
+
+FAST_RETRY = Backoff(initial=0.001, maximum=0.01, jitter=0.001)
+"""Store retries that cost little real time on asyncio (trio's mock clock makes any free)."""
+
+
+class WrappedStore(Generic[T]):
+    """A MemoryStore seen through a wrapper that counts calls, and can fail or block them.
+
+    - ``fail_rate``: the chance (seeded) that a call raises TransientStoreError before
+      reaching the store, or after it (the write happened but the caller saw an error);
+    - ``block``: operation name -> call number (1-based) that blocks until cancelled.
+    """
+
+    def __init__(self, inner: MemoryStore[T] | None = None, *, fail_rate: float = 0.0, seed: int = 0) -> None:
+        self.inner = inner if inner is not None else MemoryStore[T]()
+        self.calls: Counter[str] = Counter()
+        self.failures: Counter[str] = Counter()
+        self.fail_rate = fail_rate
+        self.block: dict[str, int] = {}
+        self.blocked = anyio.Event()
+        self._random = random.Random(seed)
+
+    async def fetch_pending_jobs(self, now: datetime, limit: int, visibility_timeout: timedelta) -> list[Job[T]]:
+        await self._enter("fetch_pending_jobs")
+        jobs = await self.inner.fetch_pending_jobs(now, limit, visibility_timeout)
+        if not jobs:  # a claim whose answer is lost would only wait out its lease: fail empty ones
+            self._maybe_fail("fetch_pending_jobs", after=True)
+        return jobs
+
+    async def update_job(self, job: Job[T]) -> None:
+        await self._enter("update_job")
+        await self.inner.update_job(job)
+        self._maybe_fail("update_job", after=True)
+
+    async def add_job(self, job: Job[T]) -> None:
+        await self._enter("add_job")
+        await self.inner.add_job(job)
+
+    async def _enter(self, operation: str) -> None:
+        self.calls[operation] += 1
+        if self.block.get(operation) == self.calls[operation]:
+            self.blocked.set()
+            await anyio.sleep_forever()
+        self._maybe_fail(operation, after=False)
+
+    def _maybe_fail(self, operation: str, *, after: bool) -> None:
+        if self.fail_rate and self._random.random() < self.fail_rate:
+            self.failures[operation] += 1
+            raise TransientStoreError(f"injected {'after' if after else 'before'} {operation}")
+
+
+class Recorder(Generic[T]):
+    """A handler that records each run; ``gate`` (when set) holds every run until opened."""
+
+    def __init__(self, *, fail: Callable[[Job[T]], bool] = lambda job: False) -> None:
+        self.runs: Counter[str] = Counter()
+        self.order: list[str] = []
+        self.started: list[Job[T]] = []
+        self.running = 0
+        self.gate: anyio.Event | None = None
+        self._fail = fail
+        self._done_target = 0
+        self._done = anyio.Event()
+        self.finished = 0
+
+    async def __call__(self, job: Job[T]) -> None:
+        self.runs[job.id] += 1
+        self.order.append(job.id)
+        self.started.append(job)
+        self.running += 1
+        try:
+            if self.gate is not None:
+                await self.gate.wait()
+            if self._fail(job):
+                raise ValueError(f"boom {job.id}")
+        finally:
+            self.running -= 1
+            self.finished += 1
+            if self.finished >= self._done_target:
+                self._done.set()
+
+    async def wait_finished(self, count: int) -> None:
+        """Wait until ``count`` runs have finished (bound it with ``fail_after``)."""
+        while self.finished < count:
+            self._done_target = count
+            self._done = anyio.Event()
+            if self.finished >= count:
+                return
+            await self._done.wait()
+
+
+def settled(store: MemoryStore[T]) -> bool:
+    """No job is leased: each one is finished, or pending and visible to the next fetch."""
+    return all(job.status is not JobStatus.PENDING or job.visible_after is None for job in store.jobs())
+
+
+async def add_jobs(store: MemoryStore[int], count: int, *, due: datetime | None = None) -> list[Job[int]]:
+    jobs = [Job.create(n, process_after=due, id=f"job-{n:05d}") for n in range(count)]
+    for job in jobs:
+        await store.add_job(job)
+    return jobs
+
+
+async def checkpoints(count: int) -> None:
+    for _ in range(count):
+        await anyio.lowlevel.checkpoint()

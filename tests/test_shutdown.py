@@ -1,0 +1,163 @@
+"""Shutdown and cancellation: running jobs finish or are handed back, buffered ones always are."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Callable
+from datetime import datetime, timedelta
+
+import anyio
+import pytest
+
+from anysched import Job, JobStatus, MemoryStore, Scheduler, open_scheduler, shutdown_on_signals
+from support import Recorder, WrappedStore, add_jobs, settled
+
+pytestmark = pytest.mark.anyio
+
+Clock = Callable[[], datetime]
+
+
+async def _wait_until_running(handler: Recorder[int], count: int) -> None:
+    while handler.running < count:
+        await anyio.wait_all_tasks_blocked()
+
+
+async def test_graceful_shutdown_finishes_running_jobs_and_hands_back_buffered_ones(clock: Clock) -> None:
+    store = MemoryStore[int]()
+    await add_jobs(store, 10, due=clock())
+    handler = Recorder[int]()
+    handler.gate = anyio.Event()
+    with anyio.fail_after(30):
+        async with open_scheduler(store, handler, workers=2, buffer_size=3, clock=clock) as scheduler:
+            await _wait_until_running(handler, 2)
+            scheduler.shutdown()
+            await anyio.wait_all_tasks_blocked()
+            assert handler.running == 2  # shutdown waits for running handlers
+            handler.gate.set()
+    assert handler.finished == 2
+    assert store.count(JobStatus.COMPLETED) == 2
+    assert store.count(JobStatus.PENDING) == 8
+    assert settled(store)
+    assert all(job.attempts == 0 for job in store.jobs() if job.status is JobStatus.PENDING)
+
+
+async def test_leaving_the_block_waits_for_running_handlers(clock: Clock) -> None:
+    store = MemoryStore[int]()
+    await add_jobs(store, 3, due=clock())
+    handler = Recorder[int]()
+    handler.gate = anyio.Event()
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as tg:
+
+            async def open_later() -> None:
+                await _wait_until_running(handler, 3)
+                handler.gate.set()
+
+            tg.start_soon(open_later)
+            async with open_scheduler(store, handler, workers=3, clock=clock):
+                await _wait_until_running(handler, 3)
+    assert store.count(JobStatus.COMPLETED) == 3
+
+
+async def test_cancellation_from_outside_hands_back_running_and_buffered_jobs(clock: Clock) -> None:
+    store = MemoryStore[int]()
+    await add_jobs(store, 10, due=clock())
+    handler = Recorder[int]()
+    handler.gate = anyio.Event()  # never opened
+    with anyio.fail_after(30):
+        with anyio.CancelScope() as scope:
+            async with open_scheduler(store, handler, workers=3, buffer_size=2, clock=clock):
+                await _wait_until_running(handler, 3)
+                scope.cancel()
+    assert scope.cancelled_caught
+    assert store.count(JobStatus.PENDING) == 10
+    assert settled(store)
+    attempts = sorted(job.attempts for job in store.jobs())
+    assert attempts == [0] * 7 + [1] * 3  # started jobs keep their attempt
+
+
+async def test_shutdown_with_cancel_running(clock: Clock) -> None:
+    store = MemoryStore[int]()
+    await add_jobs(store, 4, due=clock())
+    handler = Recorder[int]()
+    handler.gate = anyio.Event()
+    with anyio.fail_after(30):
+        async with open_scheduler(store, handler, workers=2, clock=clock) as scheduler:
+            await _wait_until_running(handler, 2)
+            scheduler.shutdown(cancel_running=True)
+    assert store.count(JobStatus.PENDING) == 4
+    assert settled(store)
+
+
+async def test_an_error_in_the_block_cancels_the_handlers_and_hands_jobs_back(clock: Clock) -> None:
+    store = MemoryStore[int]()
+    await add_jobs(store, 4, due=clock())
+    handler = Recorder[int]()
+    handler.gate = anyio.Event()
+    with anyio.fail_after(30), pytest.RaisesGroup(KeyError):
+        async with open_scheduler(store, handler, workers=2, clock=clock):
+            await _wait_until_running(handler, 2)
+            raise KeyError("the program failed")
+    assert settled(store)
+    assert store.count(JobStatus.PENDING) == 4
+
+
+async def test_hand_back_is_bounded_by_shutdown_timeout(clock: Clock, caplog: pytest.LogCaptureFixture) -> None:
+    store = WrappedStore[int]()
+    await add_jobs(store.inner, 2, due=clock())
+    handler = Recorder[int]()
+    handler.gate = anyio.Event()
+    store.block["update_job"] = 1  # the first hand-back never returns
+    with anyio.fail_after(30):
+        with anyio.CancelScope() as scope:
+            async with open_scheduler(store, handler, workers=1, buffer_size=1, shutdown_timeout=0.2, clock=clock):
+                await _wait_until_running(handler, 1)
+                scope.cancel()
+    # one hand-back hung until shutdown_timeout; that job reappears when its lease expires
+    leased = [job for job in store.inner.jobs() if job.visible_after is not None]
+    released = [job for job in store.inner.jobs() if job.visible_after is None]
+    assert len(leased) == len(released) == 1
+    vt = timedelta(seconds=30)
+    assert [job.id for job in await store.inner.fetch_pending_jobs(clock(), 5, vt)] == [released[0].id]
+    expiry = leased[0].visible_after
+    assert expiry is not None
+    assert [job.id for job in await store.inner.fetch_pending_jobs(expiry, 5, vt)] == [leased[0].id]
+    assert any("not handed back within shutdown_timeout" in r.getMessage() for r in caplog.records)
+
+
+async def test_first_signal_shuts_down_gracefully(clock: Clock) -> None:
+    store = MemoryStore[int]()
+    await add_jobs(store, 3, due=clock())
+    handler = Recorder[int]()
+    handler.gate = anyio.Event()
+    with anyio.fail_after(30):
+        async with open_scheduler(store, handler, workers=1, clock=clock) as scheduler, anyio.create_task_group() as tg:
+            tg.start_soon(shutdown_on_signals, scheduler, signal.SIGUSR1)
+            await _wait_until_running(handler, 1)
+            os.kill(os.getpid(), signal.SIGUSR1)
+            while not scheduler._stopping:  # pyright: ignore[reportPrivateUsage]
+                await anyio.sleep(0.01)
+            handler.gate.set()
+    assert store.count(JobStatus.COMPLETED) == 1
+    assert store.count(JobStatus.PENDING) == 2
+    assert settled(store)
+
+
+async def test_second_signal_cancels_running_jobs(clock: Clock) -> None:
+    store = MemoryStore[int]()
+    await add_jobs(store, 3, due=clock())
+    handler = Recorder[int]()
+    handler.gate = anyio.Event()  # never opened
+    with anyio.fail_after(30):
+        scheduler = Scheduler(store, handler, workers=1, clock=clock)
+        async with anyio.create_task_group() as tg:
+            await tg.start(scheduler.run)
+            tg.start_soon(shutdown_on_signals, scheduler, signal.SIGUSR1)
+            await _wait_until_running(handler, 1)
+            os.kill(os.getpid(), signal.SIGUSR1)
+            while not scheduler._stopping:  # pyright: ignore[reportPrivateUsage]
+                await anyio.sleep(0.01)  # trio folds a signal that arrives twice before it is read
+            os.kill(os.getpid(), signal.SIGUSR1)
+    assert store.count(JobStatus.PENDING) == 3
+    assert settled(store)
