@@ -6,7 +6,7 @@ from datetime import timedelta
 import pytest
 
 from anysched import JobNotFoundError, JobStatus, MemoryStore
-from anysched.testing import VT, Payload, StoreContract, T0, at, job
+from anysched.testing import T0, VT, Payload, StoreContract, at, job
 
 
 class TestMemoryStoreContract(StoreContract):
@@ -56,7 +56,7 @@ async def test_next_due_time_follows_due_times_and_leases() -> None:
     [first] = await store.fetch_pending_jobs(at(10), 1, VT)
     assert await store.next_due_time() == at(20)
     await store.update_job(replace(first, status=JobStatus.COMPLETED, visible_after=None))
-    [second] = await store.fetch_pending_jobs(at(25), 1, VT)
+    [_second] = await store.fetch_pending_jobs(at(25), 1, VT)
     assert await store.next_due_time() == at(25) + VT  # the lease's expiry
 
 
@@ -89,5 +89,5 @@ async def test_naive_now_is_refused() -> None:
 
 
 async def test_only_jobs_are_stored() -> None:
-    with pytest.raises(TypeError, match="job must be an anysched.Job"):
+    with pytest.raises(TypeError, match=r"job must be an anysched\.Job"):
         await MemoryStore[Payload]().add_job({"id": "x"})  # type: ignore[arg-type]

@@ -11,7 +11,7 @@ import anyio
 import pytest
 
 from anysched import Job, JobStatus, MemoryStore, Scheduler, open_scheduler
-from support import FAST_RETRY, Recorder, WrappedStore, add_jobs, checkpoints, settled
+from support import FAST_RETRY, Recorder, WrappedStore, add_jobs, checkpoints
 
 pytestmark = pytest.mark.anyio
 
@@ -135,7 +135,9 @@ async def test_fetching_follows_demand_and_never_polls_while_the_stream_is_full(
     assert store.inner.count(JobStatus.COMPLETED) == 100
 
 
-async def test_a_flaky_store_loses_nothing_and_runs_nothing_twice(clock: Clock, caplog: pytest.LogCaptureFixture) -> None:
+async def test_a_flaky_store_loses_nothing_and_runs_nothing_twice(
+    clock: Clock, caplog: pytest.LogCaptureFixture
+) -> None:
     store = WrappedStore[int](fail_rate=0.3, seed=7)
     await add_jobs(store.inner, 200, due=clock())
     handler = Recorder[int]()
@@ -166,12 +168,13 @@ async def test_a_long_job_keeps_its_lease_and_runs_once(clock: Clock) -> None:
     store = MemoryStore[int]()
     [job] = await add_jobs(store, 1, due=clock())
     runs: list[str] = []
-    long_job_started = anyio.Event()
+    long_job_started, long_job_done = anyio.Event(), anyio.Event()
 
     async def long_handler(job: Job[int]) -> None:
         runs.append("first")
         long_job_started.set()
         await anyio.sleep(3.0)  # ten visibility timeouts
+        long_job_done.set()
 
     async def other_handler(job: Job[int]) -> None:
         runs.append("second")
@@ -181,8 +184,7 @@ async def test_a_long_job_keeps_its_lease_and_runs_once(clock: Clock) -> None:
         async with open_scheduler(store, long_handler, **options):  # type: ignore[arg-type]
             await long_job_started.wait()
             async with open_scheduler(store, other_handler, **options):  # type: ignore[arg-type]
-                while store.get_job(job.id).status is JobStatus.PENDING:
-                    await anyio.sleep(0.1)
+                await long_job_done.wait()  # the second scheduler polled all along
     assert runs == ["first"]
     assert store.get_job(job.id).status is JobStatus.COMPLETED
     assert store.get_job(job.id).attempts == 1
@@ -250,16 +252,29 @@ async def test_a_job_that_waited_too_long_in_the_buffer_is_renewed_before_it_sta
 async def test_two_schedulers_on_one_store_run_each_job_once(clock: Clock) -> None:
     store = MemoryStore[int]()
     await add_jobs(store, 300, due=clock())
-    first, second = Recorder[int](), Recorder[int]()
+    handler = Recorder[int]()
+    first: list[str] = []
+    second: list[str] = []
+
+    async def via_first(job: Job[int]) -> None:
+        first.append(job.id)
+        await handler(job)
+
+    async def via_second(job: Job[int]) -> None:
+        second.append(job.id)
+        await handler(job)
+
     with anyio.fail_after(30):
-        async with open_scheduler(store, first, workers=3, clock=clock), open_scheduler(
-            store, second, workers=3, clock=clock
+        async with (
+            open_scheduler(store, via_first, workers=3, clock=clock),
+            open_scheduler(store, via_second, workers=3, clock=clock),
         ):
-            while store.count(JobStatus.COMPLETED) < 300:
-                await anyio.sleep(0.01)
-    assert not set(first.runs) & set(second.runs)
-    assert len(first.runs) + len(second.runs) == 300
-    assert first.runs and second.runs
+            await handler.wait_finished(300)
+    assert set(handler.runs.values()) == {1}
+    assert len(handler.runs) == 300
+    assert first
+    assert second
+    assert store.count(JobStatus.COMPLETED) == 300
 
 
 async def test_a_never_awaiting_handler_lets_other_tasks_run(clock: Clock) -> None:

@@ -10,12 +10,25 @@ from datetime import datetime, timedelta
 import anyio
 import pytest
 
-from anysched import Job, JobStatus, MemoryStore, Scheduler, open_scheduler, shutdown_on_signals
+from anysched import JobStatus, MemoryStore, Scheduler, open_scheduler, shutdown_on_signals
 from support import Recorder, WrappedStore, add_jobs, settled
 
 pytestmark = pytest.mark.anyio
 
 Clock = Callable[[], datetime]
+
+
+def spy_on_shutdown(scheduler: Scheduler[int]) -> list[anyio.Event]:
+    """Events set by the first and second call of ``scheduler.shutdown``."""
+    calls = [anyio.Event(), anyio.Event()]
+    original = scheduler.shutdown
+
+    def shutdown(*, cancel_running: bool = False) -> None:
+        original(cancel_running=cancel_running)
+        next(event for event in calls if not event.is_set()).set()
+
+    scheduler.shutdown = shutdown  # type: ignore[method-assign]
+    return calls
 
 
 async def _wait_until_running(handler: Recorder[int], count: int) -> None:
@@ -133,11 +146,11 @@ async def test_first_signal_shuts_down_gracefully(clock: Clock) -> None:
     handler.gate = anyio.Event()
     with anyio.fail_after(30):
         async with open_scheduler(store, handler, workers=1, clock=clock) as scheduler, anyio.create_task_group() as tg:
+            first_shutdown, _ = spy_on_shutdown(scheduler)
             tg.start_soon(shutdown_on_signals, scheduler, signal.SIGUSR1)
             await _wait_until_running(handler, 1)
             os.kill(os.getpid(), signal.SIGUSR1)
-            while not scheduler._stopping:  # pyright: ignore[reportPrivateUsage]
-                await anyio.sleep(0.01)
+            await first_shutdown.wait()
             handler.gate.set()
     assert store.count(JobStatus.COMPLETED) == 1
     assert store.count(JobStatus.PENDING) == 2
@@ -152,12 +165,13 @@ async def test_second_signal_cancels_running_jobs(clock: Clock) -> None:
     with anyio.fail_after(30):
         scheduler = Scheduler(store, handler, workers=1, clock=clock)
         async with anyio.create_task_group() as tg:
+            first_shutdown, second_shutdown = spy_on_shutdown(scheduler)
             await tg.start(scheduler.run)
             tg.start_soon(shutdown_on_signals, scheduler, signal.SIGUSR1)
             await _wait_until_running(handler, 1)
             os.kill(os.getpid(), signal.SIGUSR1)
-            while not scheduler._stopping:  # pyright: ignore[reportPrivateUsage]
-                await anyio.sleep(0.01)  # trio folds a signal that arrives twice before it is read
+            await first_shutdown.wait()  # trio folds a signal sent twice before it is read
             os.kill(os.getpid(), signal.SIGUSR1)
+            await second_shutdown.wait()
     assert store.count(JobStatus.PENDING) == 3
     assert settled(store)

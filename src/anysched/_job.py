@@ -6,11 +6,12 @@ import uuid
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from enum import Enum
-from typing import Generic, TypeVar
+from typing import Generic, TypeVar, cast
 
 from ._time import require_utc, utc_now
 
 T = TypeVar("T")
+P = TypeVar("P")  # `Job.create`'s own: a static method cannot use the class's T
 
 
 class JobStatus(str, Enum):
@@ -69,8 +70,9 @@ class Job(Generic[T]):
     def __post_init__(self) -> None:
         if not isinstance(self.id, str) or not self.id:  # pyright: ignore[reportUnnecessaryIsInstance]
             raise ValueError(f"id must be a non-empty string, got {self.id!r}")
-        if not isinstance(self.status, JobStatus):  # pyright: ignore[reportUnnecessaryIsInstance]
-            object.__setattr__(self, "status", JobStatus(self.status))
+        status = cast("object", self.status)  # a plain string is welcome: stores read statuses back as text
+        if not isinstance(status, JobStatus):
+            object.__setattr__(self, "status", JobStatus(status))
         if type(self.attempts) is not int or self.attempts < 0:
             raise ValueError(f"attempts must be an int >= 0, got {self.attempts!r}")
         self._set_utc("process_after", self.process_after)
@@ -84,15 +86,15 @@ class Job(Generic[T]):
         if utc is not value:
             object.__setattr__(self, name, utc)
 
-    @classmethod
-    def create(cls, payload: T, *, process_after: datetime | None = None, id: str | None = None) -> Job[T]:  # noqa: A002 -- `id` is the field's name
+    @staticmethod
+    def create(payload: P, *, process_after: datetime | None = None, id: str | None = None) -> Job[P]:
         """A new pending job, due at ``process_after`` (now by default).
 
         :param payload: what the handler will receive as ``job.payload``
         :param process_after: when the job becomes due; timezone-aware
         :param id: the job's id; a fresh UUID4 string by default
         """
-        return cls(
+        return Job(
             payload=payload,
             id=new_job_id() if id is None else id,
             process_after=utc_now() if process_after is None else process_after,

@@ -6,10 +6,11 @@ import inspect
 import logging
 import math
 import traceback
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Generic, TypeVar
 
 import anyio
@@ -199,7 +200,7 @@ class Scheduler(Generic[T]):
                 if free == 0:
                     await self._wait(None, for_space=True)
                     continue
-                jobs = await call_store("fetch_pending_jobs", None, lambda: self._claim(free), self._backoff)
+                jobs = await call_store("fetch_pending_jobs", None, partial(self._claim, free), self._backoff)
                 if len(jobs) > free:
                     jobs = await self._hand_back_excess(jobs, free)
                 self._held += len(jobs)
@@ -231,11 +232,11 @@ class Scheduler(Generic[T]):
             return self._fetch_interval
         return max(0.0, min(self._fetch_interval, (due - self._now()).total_seconds()))
 
-    async def _wait(self, timeout: float | None, *, for_space: bool) -> None:
-        """Wait for a nudge (a worker finished a job, a job was added, shutdown) or ``timeout``."""
+    async def _wait(self, seconds: float | None, *, for_space: bool) -> None:
+        """Wait for a nudge (a worker finished a job, a job was added, shutdown) or ``seconds``."""
         assert self._nudge is not None
         self._waiting_for_space = for_space
-        with anyio.move_on_after(math.inf if timeout is None else timeout):
+        with anyio.move_on_after(math.inf if seconds is None else seconds):
             await self._nudge.wait()
         self._waiting_for_space = False
 
@@ -296,7 +297,7 @@ class Scheduler(Generic[T]):
             return job
         renewed = replace(job, visible_after=self._now() + self._visibility_timeout)
         try:
-            await call_store("update_job (renew lease)", job.id, lambda: self._store.update_job(renewed), self._backoff)
+            await self._update(renewed, "renew lease")
         except (LeaseLostError, JobNotFoundError):
             logger.warning("job %s: lease lost while it waited for a worker; not running it", job.id)
             return None
@@ -339,10 +340,10 @@ class Scheduler(Generic[T]):
     async def _record(self, outcome: Job[T], worker: int) -> None:
         """Write a finished job's outcome; if cancelled meanwhile, try once more, shielded and bounded."""
         try:
-            await self._write(outcome, f"update_job ({outcome.status})")
+            await self._write(outcome, str(outcome.status))
         except BaseException:
             with anyio.move_on_after(self._shutdown_timeout, shield=True) as scope:
-                await self._write(outcome, f"update_job ({outcome.status})")
+                await self._write(outcome, str(outcome.status))
             if scope.cancelled_caught:
                 logger.error(
                     "job %s on worker %d: outcome not recorded within shutdown_timeout; "
@@ -358,7 +359,7 @@ class Scheduler(Generic[T]):
         An unstarted job gets its attempt back; a started one keeps it (it did run).
         """
         released = replace(job, visible_after=None, attempts=job.attempts - (0 if started else 1))
-        await self._write(released, "update_job (release)")
+        await self._write(released, "release")
         logger.info("job %s handed back%s", job.id, " (interrupted)" if started else "")
 
     async def _shielded_hand_back(self, jobs: list[Job[T]], *, started: bool) -> None:
@@ -375,11 +376,15 @@ class Scheduler(Generic[T]):
                 ", ".join(job.id for job in left),
             )
 
-    async def _write(self, job: Job[T], operation: str) -> None:
+    async def _write(self, job: Job[T], why: str) -> None:
+        """Update the job; a lost lease is logged, not raised: the job is someone else's now."""
         try:
-            await call_store(operation, job.id, lambda: self._store.update_job(job), self._backoff)
+            await self._update(job, why)
         except (LeaseLostError, JobNotFoundError) as error:
-            logger.warning("job %s: %s not written: %s", job.id, operation, error)
+            logger.warning("job %s: update_job (%s) not written: %s", job.id, why, error)
+
+    async def _update(self, job: Job[T], why: str) -> None:
+        await call_store(f"update_job ({why})", job.id, lambda: self._store.update_job(job), self._backoff)
 
     async def _release_buffered(self, receive: MemoryObjectReceiveStream[Job[T]]) -> None:
         """Hand back every job still waiting in the stream, at the very end."""
@@ -410,7 +415,7 @@ class Scheduler(Generic[T]):
         assert job.visible_after is not None
         try:
             with anyio.move_on_after(max(0.0, (job.visible_after - self._now()).total_seconds())):
-                await call_store("update_job (renew lease)", job.id, lambda: self._store.update_job(renewed), self._backoff)
+                await self._update(renewed, "renew lease")
                 running.job = renewed
                 return
             self._lose(running, "its lease expired before the store could renew it")
@@ -450,7 +455,7 @@ async def open_scheduler(
     buffer_size: int | None = None,
     store_backoff: Backoff = Backoff(),  # noqa: B008 -- immutable
     clock: Callable[[], datetime] = utc_now,
-) -> AsyncIterator[Scheduler[T]]:
+) -> AsyncGenerator[Scheduler[T], None]:
     """Run a :class:`Scheduler` for the length of an ``async with`` block.
 
     Leaving the block normally shuts the scheduler down gracefully: fetching stops, running

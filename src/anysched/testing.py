@@ -90,7 +90,8 @@ class StoreContract:
         assert close_to(leased.visible_after, at(5) + VT)
         assert close_to(leased.process_after, T0)
         for moment in (leased.process_after, leased.visible_after):
-            assert moment is not None and moment.utcoffset() == timedelta(0)
+            assert moment is not None
+            assert moment.utcoffset() == timedelta(0)
 
     async def test_fetch_on_an_empty_store(self, store: JobStore[Payload]) -> None:
         assert await store.fetch_pending_jobs(T0, 10, VT) == []

@@ -1,0 +1,153 @@
+"""Bad configuration and bad input fail at once, with an error that names the culprit."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+
+from anysched import Backoff, Job, JobStatus, MemoryStore, Scheduler, open_scheduler
+
+
+async def handler(job: Job[int]) -> None:
+    pass
+
+
+def make(**options: Any) -> Scheduler[int]:
+    return Scheduler(MemoryStore[int](), handler, **options)
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "message"),
+    [
+        ({"workers": 0}, ValueError, "workers must be an int >= 1, got 0"),
+        ({"workers": -3}, ValueError, "workers must be an int >= 1"),
+        ({"workers": 2.5}, ValueError, "workers must be an int >= 1"),
+        ({"workers": True}, ValueError, "workers must be an int >= 1"),
+        ({"buffer_size": -1}, ValueError, "buffer_size must be an int >= 0"),
+        ({"fetch_interval": 0}, ValueError, "fetch_interval must be > 0"),
+        ({"fetch_interval": -1.0}, ValueError, "fetch_interval must be > 0"),
+        ({"fetch_interval": float("nan")}, ValueError, "fetch_interval must be finite"),
+        ({"fetch_interval": float("inf")}, ValueError, "fetch_interval must be finite"),
+        ({"fetch_interval": "1"}, TypeError, "fetch_interval must be seconds"),
+        ({"visibility_timeout": timedelta(0)}, ValueError, "visibility_timeout must be > 0"),
+        ({"visibility_timeout": timedelta(seconds=-5)}, ValueError, "visibility_timeout must be > 0"),
+        ({"shutdown_timeout": 0}, ValueError, "shutdown_timeout must be > 0"),
+        ({"store_backoff": 0.1}, TypeError, "store_backoff must be an anysched.Backoff"),
+        ({"clock": "now"}, TypeError, "clock must be a callable"),
+    ],
+)
+def test_bad_options(options: dict[str, Any], error: type[Exception], message: str) -> None:
+    with pytest.raises(error, match=message):
+        make(**options)
+
+
+def test_options_are_keyword_only() -> None:
+    with pytest.raises(TypeError):
+        Scheduler(MemoryStore[int](), handler, 5)  # type: ignore[misc]
+
+
+def test_durations_accept_seconds_and_timedeltas() -> None:
+    make(fetch_interval=timedelta(milliseconds=250), visibility_timeout=45, shutdown_timeout=2.5)
+
+
+def test_a_sync_handler_is_refused() -> None:
+    def sync_handler(job: Job[int]) -> None:
+        pass
+
+    with pytest.raises(TypeError, match="handler must be an async function"):
+        Scheduler(MemoryStore[int](), sync_handler)  # type: ignore[arg-type]
+
+
+def test_an_async_callable_object_is_a_handler() -> None:
+    class Handler:
+        async def __call__(self, job: Job[int]) -> None:
+            pass
+
+    Scheduler(MemoryStore[int](), Handler())
+
+
+def test_a_store_must_have_the_three_methods() -> None:
+    class NotAStore:
+        async def add_job(self, job: Job[int]) -> None:
+            pass
+
+    with pytest.raises(TypeError, match="store must implement the JobStore protocol"):
+        Scheduler(NotAStore(), handler)  # type: ignore[arg-type]
+
+
+@pytest.mark.anyio
+async def test_open_scheduler_checks_before_starting() -> None:
+    with pytest.raises(ValueError, match="workers must be an int >= 1"):
+        async with open_scheduler(MemoryStore[int](), handler, workers=0):
+            pass
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"initial": 0}, "initial must be > 0"),
+        ({"maximum": -1}, "maximum must be > 0"),
+        ({"jitter": -0.1}, "jitter must be >= 0"),
+        ({"initial": 2, "maximum": 1}, r"maximum \(1\) must be >= initial \(2\)"),
+    ],
+)
+def test_bad_backoff(options: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        Backoff(**options)
+
+
+def test_backoff_doubles_up_to_its_cap() -> None:
+    backoff = Backoff(initial=0.1, maximum=1.0)
+    assert [backoff.delay(n) for n in range(1, 7)] == pytest.approx([0.1, 0.2, 0.4, 0.8, 1.0, 1.0])
+    assert Backoff(initial=timedelta(seconds=1), maximum=timedelta(seconds=4)).delay(5) == 4.0
+
+
+class TestJob:
+    def test_create_defaults(self) -> None:
+        before = datetime.now(timezone.utc)
+        job = Job.create({"to": "ada"})
+        assert job.payload == {"to": "ada"}
+        assert len(job.id) == 36
+        assert job.status is JobStatus.PENDING
+        assert before <= job.process_after <= datetime.now(timezone.utc)
+        assert (job.visible_after, job.processed_at, job.lease, job.last_error, job.attempts) == (
+            None,
+            None,
+            None,
+            None,
+            0,
+        )
+        assert Job.create(1).id != Job.create(1).id
+
+    def test_a_naive_datetime_is_refused(self) -> None:
+        with pytest.raises(ValueError, match="process_after must be timezone-aware"):
+            Job.create(1, process_after=datetime(2030, 1, 1))
+        with pytest.raises(ValueError, match="visible_after must be timezone-aware"):
+            Job(1, visible_after=datetime(2030, 1, 1))
+        with pytest.raises(TypeError, match="processed_at must be a datetime"):
+            Job(1, processed_at="2030-01-01")  # type: ignore[arg-type]
+
+    def test_other_zones_are_converted_to_utc(self) -> None:
+        tokyo = timezone(timedelta(hours=9))
+        job = Job.create(1, process_after=datetime(2030, 1, 1, 9, tzinfo=tokyo))
+        assert job.process_after == datetime(2030, 1, 1, 0, tzinfo=timezone.utc)
+        assert job.process_after.tzinfo is timezone.utc
+
+    def test_statuses_are_strings(self) -> None:
+        assert JobStatus.FAILED == "failed"
+        assert str(JobStatus.COMPLETED) == "completed"
+        assert Job(1, status="completed").status is JobStatus.COMPLETED  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="'done' is not a valid JobStatus"):
+            Job(1, status="done")  # type: ignore[arg-type]
+
+    @pytest.mark.parametrize(("field", "value"), [("id", ""), ("id", 5), ("attempts", -1), ("attempts", 1.0)])
+    def test_bad_fields(self, field: str, value: object) -> None:
+        with pytest.raises(ValueError, match=field):
+            Job(1, **{field: value})  # type: ignore[arg-type]
+
+    def test_jobs_are_immutable(self) -> None:
+        job = Job.create(1)
+        with pytest.raises(AttributeError):
+            job.attempts = 3  # type: ignore[misc]
