@@ -20,6 +20,8 @@ def require_utc(name: str, value: datetime) -> datetime:
     A naive datetime is refused rather than guessed at: local time and UTC differ by hours,
     and a job due at the wrong hour is a silent wrong result.
     """
+    if type(value) is datetime and value.tzinfo is timezone.utc:  # the common case, first and fast
+        return value
     if not isinstance(value, datetime):  # pyright: ignore[reportUnnecessaryIsInstance]
         raise TypeError(f"{name} must be a datetime, not {type(value).__name__}")
     offset = value.utcoffset()

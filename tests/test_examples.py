@@ -1,0 +1,47 @@
+"""The demo runs to the end on both backends, and Ctrl+C stops it gracefully."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+DEMO = Path(__file__).parent.parent / "examples" / "simple" / "main.py"
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_the_demo_runs_every_job(backend: str) -> None:
+    result = subprocess.run(
+        [sys.executable, str(DEMO), "--backend", backend, "--jobs", "8", "--workers", "3"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert "added 8 jobs" in result.stdout
+    assert "done: {'pending': 0," in result.stdout
+    assert "scheduler stopped" in result.stderr
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_ctrl_c_shuts_the_demo_down_gracefully(backend: str) -> None:
+    with subprocess.Popen(
+        [sys.executable, "-u", str(DEMO), "--backend", backend, "--jobs", "200", "--workers", "2"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    ) as demo:
+        assert demo.stdout is not None
+        for line in demo.stdout:  # bounded: the demo ends by itself within a minute
+            if line.startswith("sent "):
+                demo.send_signal(signal.SIGINT)
+                break
+        output, _ = demo.communicate(timeout=60)
+    assert demo.returncode == 0
+    assert "SIGINT received: shutting down gracefully" in output
+    assert "scheduler stopped" in output
+    done = next(line for line in output.splitlines() if line.startswith("done: "))
+    assert "'pending': 0," not in done  # most jobs were handed back, not run
