@@ -1,0 +1,625 @@
+"""SQLiteStore: durable jobs in one SQLite file, shared by the processes of one machine.
+
+The standard library's :mod:`sqlite3` does the work in a worker thread (through
+:func:`anyio.to_thread.run_sync`), so the store runs on asyncio and on trio. Every write is
+a transaction that takes SQLite's write lock up front (``BEGIN IMMEDIATE``), the file is in
+WAL mode, and a claim of k jobs is one ``UPDATE … RETURNING`` statement: two processes on
+one file never receive the same job.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sqlite3
+import threading
+from collections.abc import Callable, Generator, Iterable, Sequence
+from contextlib import contextmanager
+from datetime import datetime, timedelta, timezone
+from typing import Any, Final, Generic, Literal, TypeAlias, TypeVar, overload
+
+import anyio
+import anyio.to_thread
+
+from .._codec import PayloadCodec
+from .._exceptions import (
+    AnyschedError,
+    DuplicateJobError,
+    JobNotFoundError,
+    LeaseLostError,
+    PayloadError,
+    TransientStoreError,
+)
+from .._job import Job, JobStatus, new_lease_token
+from .._time import Seconds, require_utc, to_seconds
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+__all__ = ("SCHEMA_VERSION", "SQLiteStore", "SQLiteStoreError", "Synchronous")
+
+logger: logging.Logger = logging.getLogger("anysched")
+
+SCHEMA_VERSION: Final = 1
+"""The version of the tables this anysched writes; kept in the ``anysched_meta`` table."""
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_MICROSECOND = timedelta(microseconds=1)
+_HAS_RETURNING = sqlite3.sqlite_version_info >= (3, 35, 0)
+_TRANSIENT_CODES = frozenset({5, 6, 15})  # SQLITE_BUSY, SQLITE_LOCKED, SQLITE_PROTOCOL (a WAL lock race)
+_PURGE_BATCH = 5000  # rows per purge transaction, so a big purge never holds the write lock for long
+_MAX_EXPIRY_INTERVAL = timedelta(minutes=1)
+
+_COLUMNS = "id, payload, status, process_after, visible_after, processed_at, attempts, lease, last_error"
+_CLAIMABLE = (
+    "FROM anysched_jobs WHERE status = 'pending' AND process_after <= :now"
+    " AND (visible_after IS NULL OR visible_after <= :now) ORDER BY process_after LIMIT :limit"
+)
+_SCHEMA = (
+    "CREATE TABLE anysched_meta (key TEXT PRIMARY KEY NOT NULL, value INTEGER NOT NULL)",
+    """CREATE TABLE anysched_jobs (
+        id TEXT PRIMARY KEY NOT NULL,
+        payload TEXT NOT NULL,
+        status TEXT NOT NULL CHECK (status IN ('pending', 'completed', 'failed')),
+        process_after INTEGER NOT NULL,
+        visible_after INTEGER,
+        processed_at INTEGER,
+        attempts INTEGER NOT NULL,
+        lease TEXT,
+        last_error TEXT
+    )""",
+    # The claim walks pending jobs oldest due first and stops after `limit` rows. The index
+    # covers the claim's WHERE (status too: SQLite's planner does not see that the partial
+    # index implies it), so leased jobs are skipped without reading the table.
+    "CREATE INDEX anysched_jobs_claim ON anysched_jobs (process_after, visible_after, status) WHERE status = 'pending'",
+    # next_due_time: the earliest lease expiry, among the few leased jobs only.
+    "CREATE INDEX anysched_jobs_leased ON anysched_jobs (visible_after)"
+    " WHERE status = 'pending' AND visible_after IS NOT NULL",
+    # purge: completed jobs by age.
+    "CREATE INDEX anysched_jobs_completed ON anysched_jobs (processed_at) WHERE status = 'completed'",
+    f"INSERT INTO anysched_meta (key, value) VALUES ('schema_version', {SCHEMA_VERSION})",
+)
+
+Synchronous: TypeAlias = Literal["full", "normal"]
+"""How hard SQLite makes each commit durable (its ``PRAGMA synchronous``)."""
+
+
+class SQLiteStoreError(AnyschedError, RuntimeError):
+    """The SQLite file cannot serve as a job store: it cannot be created or opened, it is
+    corrupt or not a database, or its tables come from a newer anysched.
+
+    Permanent: the scheduler does not retry it.
+    """
+
+
+class SQLiteStore(Generic[T]):
+    """Jobs in a SQLite file: durable across restarts, shared by processes on one machine.
+
+    Give it a path and the payload type; it opens the file, switches it to WAL mode and
+    creates (or checks) its tables on first use, or when entered with ``async with``::
+
+        async with SQLiteStore("jobs.db", Greeting) as store:
+            async with open_scheduler(store, handler) as scheduler:
+                ...
+
+    One store holds one connection and runs its calls one at a time in a worker thread, so
+    any number of tasks may share it; open one store per process (and per event loop).
+    Several processes, each with its store, may share one file: claims are atomic across
+    them. A network file system is not supported (SQLite's locks do not work there).
+
+    :param path: the database file (created if missing; its directory must exist), or
+        ``":memory:"`` for a private in-memory database
+    :param payload_type: the payload's type (a dataclass, ``TypedDict``, pydantic model,
+        ``dict[str, Any]`` …); payloads are stored as JSON through pydantic
+    :param busy_timeout: how long a call waits for another process's write lock before it
+        fails with :class:`~anysched.TransientStoreError` (which the scheduler retries)
+    :param completed_ttl: when set, completed jobs older than this are deleted now and then
+        (checked during claims, at most once a minute); by default they are kept until
+        :meth:`purge`
+    :param synchronous: ``"full"`` (default) makes every commit durable across a power
+        loss; ``"normal"`` is faster and still survives any process crash, but a power loss
+        may undo the last commits (a job added or completed just before it)
+    """
+
+    @overload
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        payload_type: type[T],
+        *,
+        busy_timeout: Seconds = ...,
+        completed_ttl: Seconds | None = ...,
+        synchronous: Synchronous = ...,
+    ) -> None: ...
+    @overload
+    def __init__(  # a type that is not a class, e.g. `int | str`: write `SQLiteStore[int | str](...)`
+        self,
+        path: str | os.PathLike[str],
+        payload_type: Any,
+        *,
+        busy_timeout: Seconds = ...,
+        completed_ttl: Seconds | None = ...,
+        synchronous: Synchronous = ...,
+    ) -> None: ...
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        payload_type: type[T] | Any,
+        *,
+        busy_timeout: Seconds = 5.0,
+        completed_ttl: Seconds | None = None,
+        synchronous: Synchronous = "full",
+    ) -> None:
+        self.path: str = os.fspath(path)
+        """The database file's path."""
+        self._codec: PayloadCodec[T] = PayloadCodec(payload_type)
+        self._busy_timeout = to_seconds("busy_timeout", busy_timeout, allow_zero=True)
+        self._ttl = None if completed_ttl is None else timedelta(seconds=to_seconds("completed_ttl", completed_ttl))
+        if synchronous not in ("full", "normal"):
+            raise ValueError(f"synchronous must be 'full' or 'normal', got {synchronous!r}")
+        self._synchronous: Synchronous = synchronous
+        self._use_returning = _HAS_RETURNING
+        self._lock = threading.Lock()
+        # One thread at a time: the others queue here instead of blocking pool threads on the lock.
+        self._limiter = anyio.CapacityLimiter(1)
+        self._connection: sqlite3.Connection | None = None
+        self._closed = False
+        self._next_expiry: int | None = None
+
+    def __repr__(self) -> str:
+        return f"SQLiteStore({self.path!r}, {self._codec.payload_type!r})"
+
+    # -- opening and closing -------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Open the file and create or check the tables now (the first call does it otherwise).
+
+        :raises SQLiteStoreError: the file cannot be created or opened, is not a database,
+            or holds tables of a newer anysched
+        """
+        await self._run(lambda connection: None)
+
+    async def aclose(self) -> None:
+        """Close the connection. The store cannot be used afterwards."""
+        await anyio.to_thread.run_sync(self._close, limiter=self._limiter)
+
+    async def __aenter__(self) -> SQLiteStore[T]:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    # -- the store contract --------------------------------------------------------------
+
+    async def fetch_pending_jobs(self, now: datetime, limit: int, visibility_timeout: timedelta) -> list[Job[T]]:
+        """Lease up to ``limit`` due jobs, oldest due first, in one transaction (see :class:`~anysched.JobStore`).
+
+        A job whose stored payload cannot be decoded is marked failed (``last_error`` says
+        why) in the same transaction and not returned, so it cannot stall the scheduler.
+        """
+        now_us = _to_us(require_utc("now", now))
+        _check_claim_arguments(limit, visibility_timeout)
+        if limit == 0:
+            return []
+        visible_us = now_us + visibility_timeout // _MICROSECOND
+        claimed: list[Job[T]] = []
+
+        def claim(connection: sqlite3.Connection) -> list[Job[T]]:
+            claimed.extend(self._claim(connection, now_us, visible_us, limit))
+            return claimed
+
+        try:
+            return await self._run(claim)
+        except BaseException:
+            # anyio waits for the thread and returns its result, delivering a cancellation at
+            # the caller's next checkpoint, so the caller owns the jobs. Should the claim's
+            # result be lost all the same (an error or a cancellation raised after the commit),
+            # nobody has them: hand them back now rather than leave them leased until expiry.
+            with anyio.CancelScope(shield=True):
+                await self._release_unreceived(claimed)
+            raise
+
+    async def update_job(self, job: Job[T]) -> None:
+        """Store ``job`` if the stored copy still carries ``job.lease`` (see :class:`~anysched.JobStore`)."""
+        _check_job(job)
+        row = self._row(job)
+        await self._run(lambda connection: _update(connection, row))
+
+    async def add_job(self, job: Job[T]) -> None:
+        """Insert ``job``. :raises DuplicateJobError: its id exists; nothing was written"""
+        await self.add_jobs([job])
+
+    async def add_jobs(self, jobs: Iterable[Job[T]]) -> None:
+        """Insert several jobs in one transaction: all of them or, on any error, none.
+
+        :raises DuplicateJobError: one of the ids exists (or repeats); nothing was written
+        :raises PayloadError: a payload cannot be encoded; nothing was written
+        """
+        rows = [self._row(_check_job(job)) for job in jobs]
+        if rows:
+            await self._run(lambda connection: _insert(connection, rows))
+
+    async def next_due_time(self) -> datetime | None:
+        """The earliest moment a pending job is claimable, or ``None`` when none is pending."""
+        moment = await self._run(_next_due)
+        return None if moment is None else _from_us(moment)
+
+    # -- beyond the contract -----------------------------------------------------------------
+
+    async def get_job(self, job_id: str) -> Job[T]:
+        """The stored job with this id. :raises JobNotFoundError: no such job"""
+        row = await self._run(lambda connection: _select_one(connection, job_id))
+        if row is None:
+            raise JobNotFoundError(job_id)
+        return self._job(row)
+
+    async def count(self, status: JobStatus | None = None) -> int:
+        """How many jobs have ``status`` (all jobs when ``None``)."""
+        status = None if status is None else JobStatus(status)
+        return await self._run(lambda connection: _count(connection, status))
+
+    async def purge(self, *, completed_before: datetime) -> int:
+        """Delete completed jobs processed before ``completed_before``; return how many.
+
+        Pending and failed jobs are never purged. Deletes in batches of a few thousand
+        rows, each its own transaction, so other processes are not locked out for long.
+        """
+        cutoff = _to_us(require_utc("completed_before", completed_before))
+        return await self._run(lambda connection: _purge(connection, cutoff))
+
+    # -- running calls in the worker thread ------------------------------------------------
+
+    async def _run(self, call: Callable[[sqlite3.Connection], R]) -> R:
+        return await anyio.to_thread.run_sync(self._call, call, limiter=self._limiter)
+
+    def _call(self, call: Callable[[sqlite3.Connection], R]) -> R:
+        with self._lock:
+            connection = self._connect()
+            try:
+                return call(connection)
+            except sqlite3.Error as error:
+                raise _translate(error, self.path, "failed") from error
+
+    def _connect(self) -> sqlite3.Connection:
+        if self._closed:
+            raise RuntimeError(f"{self!r} is closed")
+        if self._connection is None:
+            self._connection = _open(self.path, self._busy_timeout, self._synchronous)
+        return self._connection
+
+    def _close(self) -> None:
+        with self._lock:
+            self._closed = True
+            connection, self._connection = self._connection, None
+            if connection is not None:
+                connection.close()
+
+    async def _release_unreceived(self, jobs: list[Job[T]]) -> None:
+        if not jobs:
+            return
+        try:
+            await self._run(lambda connection: _release(connection, jobs))
+        except Exception as error:  # the leases expire anyway; don't mask the original exception
+            logger.warning("could not hand back %d claimed job(s): %r", len(jobs), error)
+        else:
+            logger.info("handed back %d claimed job(s) that no caller received", len(jobs))
+
+    # -- the claim ---------------------------------------------------------------------------
+
+    def _claim(self, connection: sqlite3.Connection, now_us: int, visible_us: int, limit: int) -> list[Job[T]]:
+        params = {"now": now_us, "visible": visible_us, "limit": limit}
+        with _write(connection):
+            rows = _claim_returning(connection, params) if self._use_returning else _claim_select(connection, params)
+            jobs, broken = self._decode_claimed(rows)
+            if broken:
+                _fail_undecodable(connection, broken, now_us)
+        self._expire_completed(connection, now_us)
+        jobs.sort(key=lambda job: job.process_after)  # RETURNING gives rows in no particular order
+        return jobs
+
+    def _decode_claimed(self, rows: Sequence[Any]) -> tuple[list[Job[T]], list[tuple[str, str]]]:
+        """The claimed jobs whose payloads decode, and (id, error) for those that do not."""
+        jobs: list[Job[T]] = []
+        broken: list[tuple[str, str]] = []
+        for row in rows:
+            try:
+                jobs.append(self._job(row))
+            except PayloadError as error:
+                logger.error("job %s: %s; marking it failed", row[0], error)
+                broken.append((row[0], f"PayloadError: {error}"))
+        return jobs, broken
+
+    def _expire_completed(self, connection: sqlite3.Connection, now_us: int) -> None:
+        """Delete completed jobs older than ``completed_ttl``, at most once per interval."""
+        if self._ttl is None or (self._next_expiry is not None and now_us < self._next_expiry):
+            return
+        self._next_expiry = now_us + min(self._ttl, _MAX_EXPIRY_INTERVAL) // _MICROSECOND
+        try:
+            deleted = _purge(connection, now_us - self._ttl // _MICROSECOND)
+        except sqlite3.Error as error:  # housekeeping: the claim itself succeeded
+            logger.warning("could not delete expired completed jobs: %r; trying again later", error)
+            return
+        if deleted:
+            logger.info("deleted %d completed job(s) older than %s", deleted, self._ttl)
+
+    # -- rows and jobs -------------------------------------------------------------------------
+
+    def _row(self, job: Job[T]) -> tuple[Any, ...]:
+        """The job as a row in ``_COLUMNS`` order. :raises PayloadError: the payload cannot be encoded"""
+        try:
+            payload = json.dumps(self._codec.encode(job.payload), allow_nan=False, separators=(",", ":"))
+        except (TypeError, ValueError) as error:
+            if isinstance(error, PayloadError):
+                raise
+            raise PayloadError(f"payload {job.payload!r} cannot be stored as JSON: {error}") from error
+        return (
+            job.id,
+            payload,
+            job.status.value,
+            _to_us(job.process_after),
+            _maybe_us(job.visible_after),
+            _maybe_us(job.processed_at),
+            job.attempts,
+            job.lease,
+            job.last_error,
+        )
+
+    def _job(self, row: Sequence[Any]) -> Job[T]:
+        """The job a row (in ``_COLUMNS`` order) holds. :raises PayloadError: its payload does not decode"""
+        job_id, payload, status, process_after, visible_after, processed_at, attempts, lease, last_error = row
+        return Job(
+            payload=self._decode(payload),
+            id=job_id,
+            status=JobStatus(status),
+            process_after=_from_us(process_after),
+            visible_after=_maybe_datetime(visible_after),
+            processed_at=_maybe_datetime(processed_at),
+            attempts=attempts,
+            lease=lease,
+            last_error=last_error,
+        )
+
+    def _decode(self, text: str) -> T:
+        try:
+            data = json.loads(text)
+        except ValueError as error:
+            raise PayloadError(f"stored payload {text!r} is not JSON: {error}") from error
+        return self._codec.decode(data)
+
+
+# -- opening a database ---------------------------------------------------------------------
+
+
+def _open(path: str, busy_timeout: float, synchronous: Synchronous) -> sqlite3.Connection:
+    """A connection to ``path`` in WAL mode with the current schema, or a clear error."""
+    try:
+        # isolation_level=None: no implicit transactions; every write says BEGIN IMMEDIATE itself.
+        connection = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None, check_same_thread=False)
+    except sqlite3.Error as error:
+        raise _translate(error, path, "cannot be opened") from error
+    try:
+        connection.execute("PRAGMA journal_mode = WAL")
+        connection.execute(f"PRAGMA synchronous = {synchronous.upper()}")
+        _ensure_schema(connection, path)
+    except BaseException as error:
+        connection.close()
+        if isinstance(error, sqlite3.Error):
+            raise _translate(error, path, "cannot be used as a job store") from error
+        raise
+    return connection
+
+
+def _ensure_schema(connection: sqlite3.Connection, path: str) -> None:
+    """Create the tables in a new database; check their version in an existing one."""
+    with _write(connection):
+        version = _schema_version(connection, path)
+        if version is None:
+            for statement in _SCHEMA:
+                connection.execute(statement)
+            logger.info("created the anysched tables (schema version %d) in %s", SCHEMA_VERSION, path)
+        elif version > SCHEMA_VERSION:
+            raise SQLiteStoreError(
+                f"the job database {path!r} has schema version {version}, from a newer anysched; "
+                f"this one knows up to version {SCHEMA_VERSION}: upgrade anysched"
+            )
+        elif version < SCHEMA_VERSION:  # pragma: no cover -- no older version exists yet
+            raise SQLiteStoreError(f"the job database {path!r} has unknown schema version {version}")
+
+
+def _schema_version(connection: sqlite3.Connection, path: str) -> int | None:
+    if not _table_exists(connection, "anysched_meta"):
+        if _table_exists(connection, "anysched_jobs"):
+            raise SQLiteStoreError(f"{path!r} has an anysched_jobs table that anysched did not create")
+        return None
+    row = connection.execute("SELECT value FROM anysched_meta WHERE key = 'schema_version'").fetchone()
+    if row is None or type(row[0]) is not int:
+        raise SQLiteStoreError(f"the job database {path!r} has no valid schema version in anysched_meta")
+    return int(row[0])
+
+
+def _table_exists(connection: sqlite3.Connection, name: str) -> bool:
+    query = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?"
+    return connection.execute(query, (name,)).fetchone() is not None
+
+
+# -- statements, run in the worker thread -----------------------------------------------------
+
+
+@contextmanager
+def _write(connection: sqlite3.Connection) -> Generator[None, None, None]:
+    """A write transaction that holds SQLite's write lock from its first statement.
+
+    Taking the lock up front (not at the first write) makes SQLite wait for it with the
+    busy timeout, where a read transaction upgraded later would fail at once in WAL mode.
+    """
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        connection.execute("COMMIT")
+    except BaseException:
+        if connection.in_transaction:
+            connection.execute("ROLLBACK")
+        raise
+
+
+def _claim_returning(connection: sqlite3.Connection, params: dict[str, int]) -> list[Any]:
+    """Lease the due jobs in one statement (SQLite >= 3.35); each gets its own random lease token."""
+    return connection.execute(
+        "UPDATE anysched_jobs SET visible_after = :visible, lease = lower(hex(randomblob(16))),"
+        f" attempts = attempts + 1 WHERE rowid IN (SELECT rowid {_CLAIMABLE}) RETURNING {_COLUMNS}",
+        params,
+    ).fetchall()
+
+
+def _claim_select(connection: sqlite3.Connection, params: dict[str, int]) -> list[Any]:
+    """The same claim for SQLite < 3.35: select, then update; atomic, as the write lock is held."""
+    selected = connection.execute(f"SELECT {_COLUMNS} {_CLAIMABLE}", params).fetchall()
+    claimed = [_leased(row, params["visible"]) for row in selected]
+    connection.executemany(
+        "UPDATE anysched_jobs SET visible_after = ?, attempts = ?, lease = ? WHERE id = ?",
+        [(*row[4:5], *row[6:8], row[0]) for row in claimed],
+    )
+    return claimed
+
+
+def _leased(row: Sequence[Any], visible_us: int) -> tuple[Any, ...]:
+    """A row (in ``_COLUMNS`` order) as the claim leaves it."""
+    job_id, payload, status, process_after, _, processed_at, attempts, _, last_error = row
+    return (
+        job_id,
+        payload,
+        status,
+        process_after,
+        visible_us,
+        processed_at,
+        attempts + 1,
+        new_lease_token(),
+        last_error,
+    )
+
+
+def _fail_undecodable(connection: sqlite3.Connection, broken: list[tuple[str, str]], now_us: int) -> None:
+    connection.executemany(
+        "UPDATE anysched_jobs SET status = 'failed', processed_at = ?, visible_after = NULL, last_error = ?"
+        " WHERE id = ?",
+        [(now_us, message, job_id) for job_id, message in broken],
+    )
+
+
+def _release(connection: sqlite3.Connection, jobs: Sequence[Job[Any]]) -> None:
+    """Make claimed jobs visible again, with their attempt back, if their leases still hold."""
+    with _write(connection):
+        connection.executemany(
+            "UPDATE anysched_jobs SET visible_after = NULL, attempts = attempts - 1 WHERE id = ? AND lease = ?",
+            [(job.id, job.lease) for job in jobs],
+        )
+
+
+def _update(connection: sqlite3.Connection, row: tuple[Any, ...]) -> None:
+    with _write(connection):
+        cursor = connection.execute(
+            "UPDATE anysched_jobs SET payload = ?, status = ?, process_after = ?, visible_after = ?,"
+            " processed_at = ?, attempts = ?, lease = ?, last_error = ? WHERE id = ? AND lease = ?",
+            (*row[1:], row[0], row[7]),
+        )
+        if cursor.rowcount == 0:
+            exists = connection.execute("SELECT 1 FROM anysched_jobs WHERE id = ?", (row[0],)).fetchone()
+            raise LeaseLostError(row[0]) if exists else JobNotFoundError(row[0])
+
+
+def _insert(connection: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
+    statement = f"INSERT INTO anysched_jobs ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    with _write(connection):
+        for row in rows:
+            try:
+                connection.execute(statement, row)
+            except sqlite3.IntegrityError as error:
+                raise DuplicateJobError(row[0]) from error
+
+
+def _next_due(connection: sqlite3.Connection) -> int | None:
+    unleased = connection.execute(
+        "SELECT process_after FROM anysched_jobs WHERE status = 'pending' AND visible_after IS NULL"
+        " ORDER BY process_after LIMIT 1"
+    ).fetchone()
+    leased = connection.execute(
+        "SELECT MIN(MAX(process_after, visible_after)) FROM anysched_jobs"
+        " WHERE status = 'pending' AND visible_after IS NOT NULL"
+    ).fetchone()
+    moments = [int(value) for value in (unleased and unleased[0], leased[0]) if value is not None]
+    return min(moments, default=None)
+
+
+def _select_one(connection: sqlite3.Connection, job_id: str) -> Any:
+    return connection.execute(f"SELECT {_COLUMNS} FROM anysched_jobs WHERE id = ?", (job_id,)).fetchone()
+
+
+def _count(connection: sqlite3.Connection, status: JobStatus | None) -> int:
+    if status is None:
+        return int(connection.execute("SELECT COUNT(*) FROM anysched_jobs").fetchone()[0])
+    query = "SELECT COUNT(*) FROM anysched_jobs WHERE status = ?"
+    return int(connection.execute(query, (status.value,)).fetchone()[0])
+
+
+def _purge(connection: sqlite3.Connection, cutoff_us: int) -> int:
+    deleted = 0
+    while True:
+        with _write(connection):
+            cursor = connection.execute(
+                "DELETE FROM anysched_jobs WHERE rowid IN (SELECT rowid FROM anysched_jobs"
+                " WHERE status = 'completed' AND processed_at < ? LIMIT ?)",
+                (cutoff_us, _PURGE_BATCH),
+            )
+        deleted += cursor.rowcount
+        if cursor.rowcount < _PURGE_BATCH:
+            return deleted
+
+
+# -- errors and conversions ---------------------------------------------------------------------
+
+
+def _translate(error: sqlite3.Error, path: str, what: str) -> Exception:
+    """A lock held by another connection is transient; every other SQLite error is permanent."""
+    if _is_busy(error):
+        return TransientStoreError(f"the job database {path!r} is busy (locked by another connection): {error}")
+    return SQLiteStoreError(f"the job database {path!r} {what}: {error}")
+
+
+def _is_busy(error: sqlite3.Error) -> bool:
+    code = getattr(error, "sqlite_errorcode", None)  # Python >= 3.11
+    if isinstance(code, int):
+        return code & 0xFF in _TRANSIENT_CODES
+    message = str(error).lower()
+    return "locked" in message or "busy" in message
+
+
+def _to_us(moment: datetime) -> int:
+    """Integer microseconds since the Unix epoch: exact, and sorts like the instants."""
+    return (moment - _EPOCH) // _MICROSECOND
+
+
+def _maybe_us(moment: datetime | None) -> int | None:
+    return None if moment is None else _to_us(moment)
+
+
+def _from_us(value: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=value)
+
+
+def _maybe_datetime(value: int | None) -> datetime | None:
+    return None if value is None else _from_us(value)
+
+
+def _check_claim_arguments(limit: int, visibility_timeout: timedelta) -> None:
+    if type(limit) is not int or limit < 0:
+        raise ValueError(f"limit must be an int >= 0, got {limit!r}")
+    if not isinstance(visibility_timeout, timedelta) or visibility_timeout <= timedelta(0):  # pyright: ignore[reportUnnecessaryIsInstance]
+        raise ValueError(f"visibility_timeout must be a positive timedelta, got {visibility_timeout!r}")
+
+
+def _check_job(job: Job[T]) -> Job[T]:
+    if not isinstance(job, Job):  # pyright: ignore[reportUnnecessaryIsInstance]
+        raise TypeError(f"job must be an anysched.Job, not {type(job).__name__}")
+    return job
