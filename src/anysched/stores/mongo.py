@@ -1,0 +1,569 @@
+"""MongoStore: jobs in a MongoDB collection, shared by any number of processes and hosts.
+
+Works with a collection from PyMongo's async API (``pymongo.AsyncMongoClient``), from Motor
+(``motor.motor_asyncio.AsyncIOMotorClient``) or from sync PyMongo (``pymongo.MongoClient``,
+whose calls run in worker threads, so it works on trio too). The store talks to all three
+through one small adapter, so every query below is written once.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable, Generator, Mapping
+from contextlib import contextmanager
+from datetime import datetime, timedelta, timezone
+from typing import TYPE_CHECKING, Any, Generic, Literal, Protocol, TypeVar
+
+import anyio
+import anyio.to_thread
+
+try:
+    from bson.errors import InvalidDocument
+    from pymongo import ReturnDocument
+    from pymongo.asynchronous.collection import AsyncCollection
+    from pymongo.collection import Collection
+    from pymongo.errors import (
+        ConnectionFailure,
+        DuplicateKeyError,
+        ExecutionTimeout,
+        OperationFailure,
+        PyMongoError,
+        WriteConcernError,
+    )
+except ImportError as _missing:  # pragma: no cover -- tested in a subprocess without pymongo
+    raise ImportError(
+        "anysched.stores.mongo needs PyMongo >= 4.13: pip install anysched[mongo] (anysched[motor] for Motor)"
+    ) from _missing
+
+from .._codec import PayloadCodec
+from .._exceptions import (
+    DuplicateJobError,
+    JobNotFoundError,
+    LeaseLostError,
+    PayloadError,
+    TransientStoreError,
+)
+from .._job import Job, JobStatus, new_lease_token
+from .._time import Seconds, require_utc, to_seconds
+
+if TYPE_CHECKING:
+    from motor.motor_asyncio import AsyncIOMotorCollection
+
+__all__ = ("ClaimMode", "MongoStore")
+
+T = TypeVar("T")
+Document = dict[str, Any]
+ClaimMode = Literal["batch", "one_by_one"]
+"""How :meth:`MongoStore.fetch_pending_jobs` claims: ``"batch"`` (three round trips for
+any number of jobs) or ``"one_by_one"`` (one ``find_one_and_update`` per job)."""
+
+logger: logging.Logger = logging.getLogger("anysched")
+
+CLAIM_INDEX = "anysched_claim"
+NEXT_DUE_INDEX = "anysched_next_due"
+TTL_INDEX = "anysched_completed_ttl"
+MAX_CLAIM_ROUNDS = 3
+"""A batched claim that loses jobs to a concurrent claimer tries again at most this often."""
+
+TRANSIENT_CODES = frozenset(
+    {
+        6,  # HostUnreachable
+        7,  # HostNotFound
+        24,  # LockTimeout
+        46,  # LockBusy
+        50,  # MaxTimeMSExpired
+        89,  # NetworkTimeout
+        91,  # ShutdownInProgress
+        112,  # WriteConflict
+        133,  # FailedToSatisfyReadPreference
+        134,  # ReadConcernMajorityNotAvailableYet
+        189,  # PrimarySteppedDown
+        262,  # ExceededTimeLimit
+        9001,  # SocketException
+        10107,  # NotWritablePrimary
+        11600,  # InterruptedAtShutdown
+        11602,  # InterruptedDueToReplStateChange
+        13435,  # NotPrimaryNoSecondaryOk
+        13436,  # NotPrimaryOrSecondary
+    }
+)
+"""Server error codes that mean "try again later" (the drivers' retryable-error list)."""
+
+TRANSIENT_LABELS = ("RetryableWriteError", "TransientTransactionError")
+
+
+# -- errors ------------------------------------------------------------------------------------
+
+
+def is_transient(error: PyMongoError) -> bool:
+    """Whether a driver error may go away by itself: network trouble, timeouts, elections."""
+    if isinstance(error, (ConnectionFailure, ExecutionTimeout, WriteConcernError)) or error.timeout:
+        return True
+    if any(error.has_error_label(label) for label in TRANSIENT_LABELS):
+        return True
+    return isinstance(error, OperationFailure) and error.code in TRANSIENT_CODES
+
+
+def _describe(error: PyMongoError) -> str:
+    """The error's class and code, never its message: messages can name hosts and users."""
+    code = getattr(error, "code", None)
+    return type(error).__name__ + ("" if code is None else f" (code {code})")
+
+
+@contextmanager
+def _translated(operation: str) -> Generator[None]:
+    """Raise transient driver errors as :class:`~anysched.TransientStoreError`; let the rest through."""
+    try:
+        yield
+    except PyMongoError as error:
+        if is_transient(error):
+            raise TransientStoreError(f"MongoDB {operation} failed: {_describe(error)}") from error
+        raise
+
+
+# -- one adapter over three drivers -------------------------------------------------------------
+
+
+class _Driver(Protocol):
+    """The handful of collection calls the store makes, as coroutines, whatever the driver."""
+
+    def check_backend(self) -> None: ...
+    async def insert_one(self, document: Document) -> None: ...
+    async def update_one(self, query: Document, update: Document) -> int: ...
+    async def update_many(self, query: Document, update: Document) -> int: ...
+    async def claim_one(self, query: Document, update: Document, sort: list[tuple[str, int]]) -> Document | None: ...
+    async def find(
+        self, query: Document, *, sort: list[tuple[str, int]], limit: int = 0, projection: Document | None = None
+    ) -> list[Document]: ...
+    async def find_one(self, query: Document) -> Document | None: ...
+    async def count(self, query: Document) -> int: ...
+    async def create_index(self, keys: list[tuple[str, int]], **options: Any) -> None: ...
+
+
+class _AwaitingDriver:
+    """PyMongo's ``AsyncCollection`` and Motor's ``AsyncIOMotorCollection``: same API, asyncio only."""
+
+    def __init__(self, collection: Any, kind: str) -> None:
+        self._collection = collection
+        self._kind = kind
+
+    def check_backend(self) -> None:
+        if not _running_on_asyncio():
+            raise RuntimeError(
+                f"MongoStore got a collection from {self._kind}, which runs only on asyncio; "
+                "on trio, give it a collection from the sync client pymongo.MongoClient "
+                "(its calls then run in worker threads)"
+            )
+
+    async def insert_one(self, document: Document) -> None:
+        await self._collection.insert_one(document)
+
+    async def update_one(self, query: Document, update: Document) -> int:
+        return int((await self._collection.update_one(query, update)).matched_count)
+
+    async def update_many(self, query: Document, update: Document) -> int:
+        return int((await self._collection.update_many(query, update)).modified_count)
+
+    async def claim_one(self, query: Document, update: Document, sort: list[tuple[str, int]]) -> Document | None:
+        found: Document | None = await self._collection.find_one_and_update(
+            query, update, sort=sort, return_document=ReturnDocument.AFTER
+        )
+        return found
+
+    async def find(
+        self, query: Document, *, sort: list[tuple[str, int]], limit: int = 0, projection: Document | None = None
+    ) -> list[Document]:
+        cursor = self._collection.find(query, projection, sort=sort, limit=limit)
+        found: list[Document] = await cursor.to_list(None)
+        return found
+
+    async def find_one(self, query: Document) -> Document | None:
+        found: Document | None = await self._collection.find_one(query)
+        return found
+
+    async def count(self, query: Document) -> int:
+        return int(await self._collection.count_documents(query))
+
+    async def create_index(self, keys: list[tuple[str, int]], **options: Any) -> None:
+        await self._collection.create_index(keys, **options)
+
+
+class _ThreadedDriver:
+    """Sync PyMongo's ``Collection``: each call runs in a worker thread, on any anyio backend.
+
+    A cancelled call abandons its thread, as a cancelled async driver call abandons its
+    request: the server may still apply it, which the lease protocol already allows for.
+    """
+
+    def __init__(self, collection: Collection[Document]) -> None:
+        self._collection = collection
+
+    def check_backend(self) -> None:
+        pass
+
+    async def insert_one(self, document: Document) -> None:
+        await _in_thread(self._collection.insert_one, document)
+
+    async def update_one(self, query: Document, update: Document) -> int:
+        return (await _in_thread(self._collection.update_one, query, update)).matched_count
+
+    async def update_many(self, query: Document, update: Document) -> int:
+        return (await _in_thread(self._collection.update_many, query, update)).modified_count
+
+    async def claim_one(self, query: Document, update: Document, sort: list[tuple[str, int]]) -> Document | None:
+        call = functools.partial(
+            self._collection.find_one_and_update, query, update, sort=sort, return_document=ReturnDocument.AFTER
+        )
+        return await _in_thread(call)
+
+    async def find(
+        self, query: Document, *, sort: list[tuple[str, int]], limit: int = 0, projection: Document | None = None
+    ) -> list[Document]:
+        return await _in_thread(lambda: list(self._collection.find(query, projection, sort=sort, limit=limit)))
+
+    async def find_one(self, query: Document) -> Document | None:
+        return await _in_thread(self._collection.find_one, query)
+
+    async def count(self, query: Document) -> int:
+        return await _in_thread(self._collection.count_documents, query)
+
+    async def create_index(self, keys: list[tuple[str, int]], **options: Any) -> None:
+        await _in_thread(functools.partial(self._collection.create_index, keys, **options))
+
+
+R = TypeVar("R")
+
+
+async def _in_thread(function: Callable[..., R], *args: Any) -> R:
+    return await anyio.to_thread.run_sync(functools.partial(function, *args), abandon_on_cancel=True)
+
+
+def _running_on_asyncio() -> bool:
+    # anyio before 4.11 has no public "which backend is this"; its cancellation class tells.
+    return anyio.get_cancelled_exc_class().__module__.partition(".")[0] == "asyncio"
+
+
+def _driver_for(collection: object) -> _Driver:
+    """The adapter for ``collection``, detected from its type."""
+    if isinstance(collection, Collection):
+        return _ThreadedDriver(collection)  # pyright: ignore[reportUnknownArgumentType]
+    if isinstance(collection, AsyncCollection):
+        return _AwaitingDriver(collection, "pymongo.AsyncMongoClient")
+    if _is_motor_collection(collection):
+        return _AwaitingDriver(collection, "Motor (AsyncIOMotorClient)")
+    raise TypeError(
+        "collection must be a collection of pymongo.MongoClient, pymongo.AsyncMongoClient or "
+        f"motor's AsyncIOMotorClient, not {type(collection).__name__}"
+    )
+
+
+def _is_motor_collection(collection: object) -> bool:
+    try:
+        from motor.motor_asyncio import AsyncIOMotorCollection
+    except ImportError:
+        return False
+    return isinstance(collection, AsyncIOMotorCollection)
+
+
+# -- the store -----------------------------------------------------------------------------------
+
+
+class MongoStore(Generic[T]):
+    """A job store in one MongoDB collection: atomic, fenced claims across processes and hosts.
+
+    Each job is one document: its id as ``_id``, the payload as a nested document (through
+    a pydantic ``TypeAdapter`` for ``payload_type``), times as BSON dates (millisecond
+    precision; they come back timezone-aware UTC whether or not the client was created
+    with ``tz_aware=True``), and a derived ``claimable_at`` (when a pending job may next be
+    claimed) that keeps the claim and next-due queries on indexes.
+
+    The store creates its indexes on first use (or call :meth:`ensure_indexes`):
+    ``{status, process_after, claimable_at}`` for claims, ``{status, claimable_at}`` for the
+    next due time and, with ``completed_ttl``, a TTL index on ``processed_at`` that lets
+    the server delete completed jobs that old (failed jobs are kept).
+
+    :param collection: a collection of ``pymongo.AsyncMongoClient`` or Motor's
+        ``AsyncIOMotorClient`` (asyncio only), or of ``pymongo.MongoClient`` (any backend)
+    :param payload_type: the payload's type: a dataclass, ``TypedDict``, pydantic model…
+    :param claim: ``"batch"`` (default: find candidates, claim them with one guarded
+        ``update_many`` under a fresh lease token, read back what was won) or
+        ``"one_by_one"`` (one ``find_one_and_update`` per job)
+    :param completed_ttl: if set, completed jobs are deleted by the server this long after
+        ``processed_at`` (MongoDB's TTL monitor runs about once a minute)
+    :param create_indexes: create the indexes on first use (turn off when an operator
+        manages them)
+    """
+
+    def __init__(
+        self,
+        collection: Collection[Any] | AsyncCollection[Any] | AsyncIOMotorCollection[Any],
+        payload_type: type[T],
+        *,
+        claim: ClaimMode = "batch",
+        completed_ttl: Seconds | None = None,
+        create_indexes: bool = True,
+    ) -> None:
+        self._driver = _driver_for(collection)
+        self._codec = PayloadCodec[T](payload_type)
+        if claim not in ("batch", "one_by_one"):
+            raise ValueError(f"claim must be 'batch' or 'one_by_one', got {claim!r}")
+        self._claim_mode: ClaimMode = claim
+        self._ttl = None if completed_ttl is None else to_seconds("completed_ttl", completed_ttl)
+        self._indexes_ready = not create_indexes
+
+    # -- the store contract ------------------------------------------------------------------
+
+    async def fetch_pending_jobs(self, now: datetime, limit: int, visibility_timeout: timedelta) -> list[Job[T]]:
+        """Lease up to ``limit`` due jobs, oldest due first (see :class:`~anysched.JobStore`)."""
+        now = require_utc("now", now)
+        _check_claim_arguments(limit, visibility_timeout)
+        await self._ready()
+        if limit == 0:
+            return []
+        with _translated("claim"):
+            if self._claim_mode == "batch":
+                documents = await self._claim_batch(now, limit, now + visibility_timeout)
+            else:
+                documents = await self._claim_one_by_one(now, limit, now + visibility_timeout)
+        return await self._decode_claimed(documents, now)
+
+    async def update_job(self, job: Job[T]) -> None:
+        """Write ``job`` if the stored job still carries ``job.lease`` (see :class:`~anysched.JobStore`)."""
+        _check_job(job)
+        document = self._document(job)
+        del document["_id"]
+        await self._ready()
+        with _translated("update_job"):
+            matched = 0
+            if job.lease is not None:  # a None lease must not match a stored job that has none
+                matched = await self._driver.update_one(_fenced(job.id, job.lease), {"$set": document})
+            if matched == 0:
+                await self._raise_why_unmatched(job.id)
+
+    async def add_job(self, job: Job[T]) -> None:
+        """Insert ``job``; an existing id raises :class:`~anysched.DuplicateJobError`.
+
+        :raises PayloadError: the payload does not fit ``payload_type`` (nothing is stored)
+        """
+        _check_job(job)
+        document = self._document(job)
+        await self._ready()
+        with _translated("add_job"):
+            try:
+                await self._driver.insert_one(document)
+            except DuplicateKeyError:
+                raise DuplicateJobError(job.id) from None
+            except (InvalidDocument, OverflowError) as error:
+                raise PayloadError(f"job {job.id!r} cannot be stored as a BSON document: {error}") from error
+
+    async def next_due_time(self) -> datetime | None:
+        """The earliest moment a pending job becomes claimable, or ``None`` when none is pending."""
+        await self._ready()
+        with _translated("next_due_time"):
+            found = await self._driver.find(_PENDING, sort=[("claimable_at", 1)], limit=1)
+        return _utc(found[0]["claimable_at"]) if found else None
+
+    # -- beyond the contract -------------------------------------------------------------------
+
+    async def ensure_indexes(self) -> None:
+        """Create the store's indexes (idempotent; done on first use unless ``create_indexes=False``).
+
+        :raises ValueError: a TTL index exists with another age (drop ``anysched_completed_ttl`` to change it)
+        """
+        self._driver.check_backend()
+        with _translated("create_index"):
+            await self._driver.create_index(
+                [("status", 1), ("process_after", 1), ("claimable_at", 1)], name=CLAIM_INDEX
+            )
+            await self._driver.create_index([("status", 1), ("claimable_at", 1)], name=NEXT_DUE_INDEX)
+            if self._ttl is not None:
+                await self._create_ttl_index(self._ttl)
+        self._indexes_ready = True
+
+    async def get_job(self, job_id: str) -> Job[T]:
+        """The stored job with this id. :raises JobNotFoundError: no such job"""
+        await self._ready()
+        with _translated("get_job"):
+            found = await self._driver.find_one({"_id": job_id})
+        if found is None:
+            raise JobNotFoundError(job_id)
+        return self._job(found)
+
+    async def count(self, status: JobStatus | None = None) -> int:
+        """How many jobs have ``status`` (all jobs when ``None``)."""
+        await self._ready()
+        query = {} if status is None else {"status": JobStatus(status).value}
+        with _translated("count"):
+            return await self._driver.count(query)
+
+    # -- claims --------------------------------------------------------------------------------
+
+    async def _claim_batch(self, now: datetime, limit: int, lease_until: datetime) -> list[Document]:
+        """Claim with O(1) round trips: candidates, one guarded ``update_many``, read back.
+
+        The guard repeats the claimable filter, so a job another caller claimed between
+        our find and our update is not touched; each batch has its own lease token, and
+        updates are fenced by ``_id`` and token together.
+        """
+        won: list[Document] = []
+        for _ in range(MAX_CLAIM_ROUNDS):
+            wanted = limit - len(won)
+            candidates = await self._driver.find(
+                _claimable(now), sort=[("process_after", 1)], limit=wanted, projection={"_id": 1}
+            )
+            if not candidates:
+                break
+            ids = [candidate["_id"] for candidate in candidates]
+            token = new_lease_token()
+            query = {"_id": {"$in": ids}, **_claimable(now)}
+            round_won: list[Document] = []
+            if await self._driver.update_many(query, _claim_update(token, lease_until)):
+                round_won = await self._driver.find({"_id": {"$in": ids}, "lease": token}, sort=[("process_after", 1)])
+            won += round_won
+            if len(round_won) == len(candidates) or len(won) == limit:
+                break  # nothing lost to a concurrent claimer: no reason to look again
+        return sorted(won, key=lambda document: document["process_after"])
+
+    async def _claim_one_by_one(self, now: datetime, limit: int, lease_until: datetime) -> list[Document]:
+        """Claim with one ``find_one_and_update`` per job, each under its own lease token."""
+        won: list[Document] = []
+        while len(won) < limit:
+            update = _claim_update(new_lease_token(), lease_until)
+            found = await self._driver.claim_one(_claimable(now), update, [("process_after", 1)])
+            if found is None:
+                break
+            won.append(found)
+        return won
+
+    async def _decode_claimed(self, documents: list[Document], now: datetime) -> list[Job[T]]:
+        """Jobs for the claimed documents; one that cannot be decoded is marked failed and skipped.
+
+        Handing it back would make every fetch claim it again (a crash loop); a failed job
+        with ``last_error`` is where an operator looks.
+        """
+        jobs: list[Job[T]] = []
+        for document in documents:
+            try:
+                jobs.append(self._job(document))
+            except (PayloadError, KeyError, TypeError, ValueError) as error:
+                await self._fail_undecodable(document, now, error)
+        return jobs
+
+    async def _fail_undecodable(self, document: Document, now: datetime, error: Exception) -> None:
+        logger.error("job %r: stored document cannot be decoded, marking it failed: %s", document["_id"], error)
+        failed = {
+            "status": JobStatus.FAILED.value,
+            "processed_at": now,
+            "visible_after": None,
+            "claimable_at": None,
+            "last_error": f"{type(error).__name__}: {error}",
+        }
+        with _translated("update_job (undecodable)"):
+            await self._driver.update_one(_fenced(document["_id"], document["lease"]), {"$set": failed})
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    async def _ready(self) -> None:
+        if self._indexes_ready:
+            self._driver.check_backend()
+        else:
+            await self.ensure_indexes()
+
+    async def _create_ttl_index(self, ttl: float) -> None:
+        try:
+            await self._driver.create_index(
+                [("processed_at", 1)],
+                name=TTL_INDEX,
+                expireAfterSeconds=int(ttl),
+                partialFilterExpression={"status": JobStatus.COMPLETED.value},
+            )
+        except OperationFailure as error:
+            if error.code not in (85, 86):  # IndexOptionsConflict, IndexKeySpecsConflict
+                raise
+            raise ValueError(
+                f"the collection has a {TTL_INDEX} index with other options than completed_ttl={ttl:g}s; "
+                "drop that index to change the age"
+            ) from error
+
+    async def _raise_why_unmatched(self, job_id: str) -> None:
+        if await self._driver.find_one({"_id": job_id}) is None:
+            raise JobNotFoundError(job_id)
+        raise LeaseLostError(job_id)
+
+    def _document(self, job: Job[T]) -> Document:
+        return {
+            "_id": job.id,
+            "payload": self._codec.encode(job.payload),
+            "status": job.status.value,
+            "process_after": job.process_after,
+            "visible_after": job.visible_after,
+            "processed_at": job.processed_at,
+            "attempts": job.attempts,
+            "lease": job.lease,
+            "last_error": job.last_error,
+            "claimable_at": _claimable_at(job),
+        }
+
+    def _job(self, document: Mapping[str, Any]) -> Job[T]:
+        return Job(
+            payload=self._codec.decode(document["payload"]),
+            id=document["_id"],
+            status=JobStatus(document["status"]),
+            process_after=_required_utc(document["process_after"]),
+            visible_after=_utc(document.get("visible_after")),
+            processed_at=_utc(document.get("processed_at")),
+            attempts=document.get("attempts", 0),
+            lease=document.get("lease"),
+            last_error=document.get("last_error"),
+        )
+
+
+_PENDING: Document = {"status": JobStatus.PENDING.value}
+
+
+def _claimable(now: datetime) -> Document:
+    """Pending, due and not leased (``claimable_at`` is the later of due time and lease end)."""
+    return {"status": JobStatus.PENDING.value, "process_after": {"$lte": now}, "claimable_at": {"$lte": now}}
+
+
+def _claim_update(token: str, lease_until: datetime) -> Document:
+    return {
+        "$set": {"visible_after": lease_until, "claimable_at": lease_until, "lease": token},
+        "$inc": {"attempts": 1},
+    }
+
+
+def _fenced(job_id: str, lease: str) -> Document:
+    return {"_id": job_id, "lease": lease}
+
+
+def _claimable_at(job: Job[Any]) -> datetime | None:
+    if job.status is not JobStatus.PENDING:
+        return None
+    if job.visible_after is not None and job.visible_after > job.process_after:
+        return job.visible_after
+    return job.process_after
+
+
+def _utc(value: object) -> datetime | None:
+    return None if value is None else _required_utc(value)
+
+
+def _required_utc(value: object) -> datetime:
+    """A stored date as aware UTC: naive ones (a client without ``tz_aware=True``) are UTC."""
+    if not isinstance(value, datetime):
+        raise TypeError(f"expected a BSON date, got {type(value).__name__}")
+    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+
+
+def _check_claim_arguments(limit: int, visibility_timeout: timedelta) -> None:
+    if type(limit) is not int or limit < 0:
+        raise ValueError(f"limit must be an int >= 0, got {limit!r}")
+    if not isinstance(visibility_timeout, timedelta) or visibility_timeout <= timedelta(0):  # pyright: ignore[reportUnnecessaryIsInstance]
+        raise ValueError(f"visibility_timeout must be a positive timedelta, got {visibility_timeout!r}")
+
+
+def _check_job(job: Job[Any]) -> None:
+    if not isinstance(job, Job):  # pyright: ignore[reportUnnecessaryIsInstance]
+        raise TypeError(f"job must be an anysched.Job, not {type(job).__name__}")

@@ -1,0 +1,151 @@
+"""Helpers for the MongoStore tests: a server, clients of each driver flavour, fresh collections.
+
+The server is the one at ``MONGODB_URI`` when that is set (a real MongoDB, say), else a
+SecantusDB (``secantusd-py``, found through ``ANYSCHED_SECANTUSD`` or on ``PATH``) that the
+session starts on a free loopback port and stops at the end. SecantusDB is GPL: it runs only
+as a separate process from its own virtualenv and is never imported.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NoReturn
+
+import anyio
+import pymongo
+import pytest
+
+URI_ENV = "MONGODB_URI"
+BINARY_ENV = "ANYSCHED_SECANTUSD"
+DATABASE = f"anysched_test_{uuid.uuid4().hex[:8]}"
+CLIENT_OPTIONS: dict[str, Any] = {"tz_aware": True, "serverSelectionTimeoutMS": 10_000}
+
+FLAVOURS = {
+    "pymongo-async": "asyncio",
+    "motor": "asyncio",
+    "pymongo-sync": "asyncio",
+    "pymongo-sync-trio": "trio",
+}
+"""Each driver flavour and the backend it runs on: the async drivers are asyncio only."""
+
+
+def secantusd_binary() -> str | None:
+    return os.environ.get(BINARY_ENV) or shutil.which("secantusd-py")
+
+
+def no_server(reason: str) -> NoReturn:
+    """Fail in CI (a missing server there is a broken setup), skip on a developer's machine."""
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(reason, pytrace=False)
+    pytest.skip(reason)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Server:
+    """A MongoDB-compatible server for the tests; ``process`` is ``None`` for ``MONGODB_URI``'s."""
+
+    uri: str
+    binary: str | None = None
+    port: int = 0
+    storage: str = ":memory:"
+    log: Path | None = None
+    extra_args: tuple[str, ...] = ()
+    process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    @classmethod
+    def launch(cls, binary: str, log: Path, *, storage: str = ":memory:", durable: bool = False) -> Server:
+        port = free_port()
+        uri = f"mongodb://127.0.0.1:{port}/?directConnection=true"
+        extra = ("--sync-on-commit",) if durable else ()
+        server = cls(uri, binary, port, storage, log, extra)
+        server.start()
+        return server
+
+    def start(self, timeout: float = 30.0) -> None:
+        assert self.binary is not None
+        assert self.log is not None
+        command = [self.binary, "--host", "127.0.0.1", "--port", str(self.port), "--storage-path", self.storage]
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen([*command, *self.extra_args], stdout=log, stderr=subprocess.STDOUT)
+        self._wait_ready(timeout)
+
+    def kill(self) -> None:
+        """Kill the server at once (SIGKILL): no goodbye to the clients."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def _wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        with pymongo.MongoClient(self.uri, serverSelectionTimeoutMS=250, connectTimeoutMS=250) as client:
+            while True:
+                assert self.process is not None
+                if self.process.poll() is not None:
+                    raise RuntimeError(f"secantusd-py exited with {self.process.returncode}; see {self.log}")
+                try:
+                    client.admin.command("ping")
+                    return
+                except pymongo.errors.PyMongoError:
+                    if time.monotonic() > deadline:
+                        self.kill()
+                        raise RuntimeError(f"secantusd-py did not answer within {timeout}s; see {self.log}") from None
+
+
+def launch_secantusd(tmp: Path, *, storage: str = ":memory:", durable: bool = False) -> Server:
+    binary = secantusd_binary()
+    if binary is None:
+        no_server(
+            f"no MongoDB-compatible server: set {URI_ENV} to a MongoDB, or install SecantusDB "
+            f"(pip install SecantusDB==0.7.0b3 into its own venv) and put secantusd-py on PATH or in {BINARY_ENV}"
+        )
+    return Server.launch(binary, tmp / "secantusd.log", storage=storage, durable=durable)
+
+
+@asynccontextmanager
+async def open_collection(flavour: str, uri: str, name: str, **options: Any) -> AsyncIterator[Any]:
+    """A collection of ``name`` in the test database, through a fresh client of ``flavour``."""
+    options = {**CLIENT_OPTIONS, **options}
+    if flavour == "pymongo-async":
+        async_client: pymongo.AsyncMongoClient[dict[str, Any]] = pymongo.AsyncMongoClient(uri, **options)
+        try:
+            yield async_client[DATABASE][name]
+        finally:
+            await async_client.close()
+    elif flavour == "motor":
+        from motor.motor_asyncio import AsyncIOMotorClient
+
+        motor_client: AsyncIOMotorClient[dict[str, Any]] = AsyncIOMotorClient(uri, **options)
+        try:
+            yield motor_client[DATABASE][name]
+        finally:
+            motor_client.close()
+    else:
+        sync_client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(uri, **options)
+        try:
+            yield sync_client[DATABASE][name]
+        finally:
+            await anyio.to_thread.run_sync(sync_client.close)

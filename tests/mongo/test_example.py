@@ -1,0 +1,43 @@
+"""examples/mongo runs against the test server, stops on Ctrl+C, and fails fast with no server."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from mongo_support import Server, free_port
+
+EXAMPLE = Path(__file__).parent.parent.parent / "examples" / "mongo" / "main.py"
+
+
+def _run(uri: str) -> subprocess.Popen[str]:
+    env = {**os.environ, "MONGO_URI": uri}
+    command = [sys.executable, str(EXAMPLE)]
+    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_the_example_fails_fast_without_a_server() -> None:
+    with _run(f"mongodb://127.0.0.1:{free_port()}/?directConnection=true") as example:
+        output, _ = example.communicate(timeout=30)
+    assert example.returncode == 1
+    assert "no MongoDB server answered at MONGO_URI" in output
+
+
+def test_the_example_sends_email_and_stops_on_ctrl_c(mongo_server: Server) -> None:
+    with _run(mongo_server.uri) as example:
+        assert example.stdout is not None
+        seen: list[str] = []
+        for line in example.stdout:  # bounded: the jobs are due within 30 s
+            seen.append(line)
+            if " sent " in line or "failed on worker" in line:
+                example.send_signal(signal.SIGINT)
+                break
+        rest, _ = example.communicate(timeout=60)
+    output = "".join(seen) + rest
+    assert example.returncode == 0, output
+    assert "added 20 email jobs" in output
+    assert "SIGINT received: shutting down gracefully" in output
+    assert "scheduler stopped" in output
