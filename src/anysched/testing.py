@@ -21,7 +21,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, ClassVar
 
 import anyio
 import anyio.lowlevel
@@ -64,7 +64,7 @@ def close_to(actual: datetime | None, expected: datetime) -> bool:
 class StoreContract:
     """The tests every :class:`~anysched.JobStore` must pass. Subclass and provide ``store``."""
 
-    pytestmark = pytest.mark.anyio
+    pytestmark: ClassVar[pytest.MarkDecorator] = pytest.mark.anyio
 
     @pytest.fixture(params=["asyncio", "trio"])
     def anyio_backend(self, request: pytest.FixtureRequest) -> str:
