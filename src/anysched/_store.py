@@ -54,3 +54,18 @@ class KnowsNextDueTime(Protocol):
     async def next_due_time(self) -> datetime | None:
         """The earliest moment a pending job becomes claimable, or ``None`` if there is none."""
         ...
+
+
+def check_claim_arguments(limit: int, visibility_timeout: timedelta) -> None:
+    """What every store checks before a claim: a ``ValueError`` naming the bad argument."""
+    if type(limit) is not int or limit < 0:
+        raise ValueError(f"limit must be an int >= 0, got {limit!r}")
+    if not isinstance(visibility_timeout, timedelta) or visibility_timeout <= timedelta(0):  # pyright: ignore[reportUnnecessaryIsInstance]
+        raise ValueError(f"visibility_timeout must be a positive timedelta, got {visibility_timeout!r}")
+
+
+def check_job(job: Job[T]) -> Job[T]:
+    """``job``, if it is a :class:`~anysched.Job`; a ``TypeError`` otherwise."""
+    if not isinstance(job, Job):  # pyright: ignore[reportUnnecessaryIsInstance]
+        raise TypeError(f"job must be an anysched.Job, not {type(job).__name__}")
+    return job

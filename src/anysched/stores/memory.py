@@ -11,6 +11,8 @@ from typing import Generic, TypeVar
 
 from .._exceptions import DuplicateJobError, JobNotFoundError, LeaseLostError
 from .._job import Job, JobStatus, claimed
+from .._store import check_claim_arguments as _check_claim_arguments
+from .._store import check_job as _check_job
 from .._time import require_utc
 
 T = TypeVar("T")
@@ -170,15 +172,3 @@ class MemoryStore(Generic[T]):
     def _drop_stale_top(self, heap: list[_Entry]) -> None:
         while heap and self._current_entry.get(heap[0][2]) != heap[0][1]:
             heapq.heappop(heap)
-
-
-def _check_claim_arguments(limit: int, visibility_timeout: timedelta) -> None:
-    if type(limit) is not int or limit < 0:
-        raise ValueError(f"limit must be an int >= 0, got {limit!r}")
-    if not isinstance(visibility_timeout, timedelta) or visibility_timeout <= timedelta(0):  # pyright: ignore[reportUnnecessaryIsInstance]
-        raise ValueError(f"visibility_timeout must be a positive timedelta, got {visibility_timeout!r}")
-
-
-def _check_job(job: Job[T]) -> None:
-    if not isinstance(job, Job):  # pyright: ignore[reportUnnecessaryIsInstance]
-        raise TypeError(f"job must be an anysched.Job, not {type(job).__name__}")

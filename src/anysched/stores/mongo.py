@@ -45,6 +45,8 @@ from .._exceptions import (
     TransientStoreError,
 )
 from .._job import Job, JobStatus, new_lease_token
+from .._store import check_claim_arguments as _check_claim_arguments
+from .._store import check_job as _check_job
 from .._time import Seconds, require_utc, to_seconds
 
 if TYPE_CHECKING:
@@ -555,15 +557,3 @@ def _required_utc(value: object) -> datetime:
     if not isinstance(value, datetime):
         raise TypeError(f"expected a BSON date, got {type(value).__name__}")
     return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
-
-
-def _check_claim_arguments(limit: int, visibility_timeout: timedelta) -> None:
-    if type(limit) is not int or limit < 0:
-        raise ValueError(f"limit must be an int >= 0, got {limit!r}")
-    if not isinstance(visibility_timeout, timedelta) or visibility_timeout <= timedelta(0):  # pyright: ignore[reportUnnecessaryIsInstance]
-        raise ValueError(f"visibility_timeout must be a positive timedelta, got {visibility_timeout!r}")
-
-
-def _check_job(job: Job[Any]) -> None:
-    if not isinstance(job, Job):  # pyright: ignore[reportUnnecessaryIsInstance]
-        raise TypeError(f"job must be an anysched.Job, not {type(job).__name__}")

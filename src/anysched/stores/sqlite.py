@@ -32,6 +32,8 @@ from .._exceptions import (
     TransientStoreError,
 )
 from .._job import Job, JobStatus, new_lease_token
+from .._store import check_claim_arguments as _check_claim_arguments
+from .._store import check_job as _check_job
 from .._time import Seconds, require_utc, to_seconds
 
 T = TypeVar("T")
@@ -610,16 +612,3 @@ def _from_us(value: int) -> datetime:
 
 def _maybe_datetime(value: int | None) -> datetime | None:
     return None if value is None else _from_us(value)
-
-
-def _check_claim_arguments(limit: int, visibility_timeout: timedelta) -> None:
-    if type(limit) is not int or limit < 0:
-        raise ValueError(f"limit must be an int >= 0, got {limit!r}")
-    if not isinstance(visibility_timeout, timedelta) or visibility_timeout <= timedelta(0):  # pyright: ignore[reportUnnecessaryIsInstance]
-        raise ValueError(f"visibility_timeout must be a positive timedelta, got {visibility_timeout!r}")
-
-
-def _check_job(job: Job[T]) -> Job[T]:
-    if not isinstance(job, Job):  # pyright: ignore[reportUnnecessaryIsInstance]
-        raise TypeError(f"job must be an anysched.Job, not {type(job).__name__}")
-    return job
