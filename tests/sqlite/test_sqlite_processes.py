@@ -143,12 +143,16 @@ def check(workers: list[Worker], counts: list[int], jobs: dict[str, Job[int]]) -
     assert counts == [0, JOBS, 0]  # pending, completed, failed: every job completed, none lost
     killed_at = {worker.process.pid: worker.killed_at for worker in workers if worker.killed_at is not None}
     runs: dict[str, list[Run]] = defaultdict(list)
+    killed_mid_job = 0
     for worker in workers:
         worker_runs = runs_of(worker)
-        if worker.killed_at is not None:  # killed mid-job: some run never finished
-            assert any(not run.done for run in worker_runs), f"worker {worker.process.pid} was idle when killed"
+        if worker.killed_at is not None and any(not run.done for run in worker_runs):
+            killed_mid_job += 1
         for run in worker_runs:
             runs[run.job_id].append(run)
+    # A victim is signalled while its log shows a job running, but a 10-30 ms job can end
+    # before the signal lands on a loaded machine; at least one kill must land mid-job.
+    assert killed_mid_job >= 1, "every victim had finished its job when the kill landed"
     assert set(runs) == set(jobs)
     for job_id, job_runs in runs.items():
         check_runs(jobs[job_id], sorted(job_runs, key=lambda run: run.attempt), killed_at)
