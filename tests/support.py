@@ -95,6 +95,11 @@ class Recorder(Generic[T]):
             if self.finished >= self._done_target:
                 self._done.set()
 
+    async def wait_running(self, count: int) -> None:
+        """Wait until ``count`` runs are inside the handler at once (bound it with ``fail_after``)."""
+        while self.running < count:
+            await anyio.wait_all_tasks_blocked()
+
     async def wait_finished(self, count: int) -> None:
         """Wait until ``count`` runs have finished (bound it with ``fail_after``)."""
         while self.finished < count:

@@ -123,8 +123,7 @@ async def test_fetching_follows_demand_and_never_polls_while_the_stream_is_full(
     handler.gate = anyio.Event()
     with anyio.fail_after(30):
         async with open_scheduler(store, handler, workers=4, buffer_size=3, fetch_interval=0.01, clock=clock):
-            while handler.running < 4:
-                await anyio.wait_all_tasks_blocked()
+            await handler.wait_running(4)
             fetches = store.calls["fetch_pending_jobs"]
             leased = [job for job in store.inner.jobs() if job.visible_after is not None]
             assert len(leased) == 4 + 3  # exactly the running jobs plus a full buffer
@@ -238,8 +237,7 @@ async def test_a_job_that_waited_too_long_in_the_buffer_is_renewed_before_it_sta
     handler.gate = anyio.Event()
     with anyio.fail_after(30):
         async with open_scheduler(store, handler, workers=1, buffer_size=1, visibility_timeout=0.3, clock=clock):
-            while handler.running < 1:
-                await anyio.wait_all_tasks_blocked()
+            await handler.wait_running(1)
             await anyio.sleep(0.2)  # the buffered job's lease is two thirds gone
             handler.gate.set()
             await handler.wait_finished(2)

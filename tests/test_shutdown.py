@@ -31,11 +31,6 @@ def spy_on_shutdown(scheduler: Scheduler[int]) -> list[anyio.Event]:
     return calls
 
 
-async def _wait_until_running(handler: Recorder[int], count: int) -> None:
-    while handler.running < count:
-        await anyio.wait_all_tasks_blocked()
-
-
 async def test_graceful_shutdown_finishes_running_jobs_and_hands_back_buffered_ones(clock: Clock) -> None:
     store = MemoryStore[int]()
     await add_jobs(store, 10, due=clock())
@@ -43,7 +38,7 @@ async def test_graceful_shutdown_finishes_running_jobs_and_hands_back_buffered_o
     handler.gate = anyio.Event()
     with anyio.fail_after(30):
         async with open_scheduler(store, handler, workers=2, buffer_size=3, clock=clock) as scheduler:
-            await _wait_until_running(handler, 2)
+            await handler.wait_running(2)
             scheduler.shutdown()
             await anyio.wait_all_tasks_blocked()
             assert handler.running == 2  # shutdown waits for running handlers
@@ -64,12 +59,12 @@ async def test_leaving_the_block_waits_for_running_handlers(clock: Clock) -> Non
         async with anyio.create_task_group() as tg:
 
             async def open_later() -> None:
-                await _wait_until_running(handler, 3)
+                await handler.wait_running(3)
                 handler.gate.set()
 
             tg.start_soon(open_later)
             async with open_scheduler(store, handler, workers=3, clock=clock):
-                await _wait_until_running(handler, 3)
+                await handler.wait_running(3)
     assert store.count(JobStatus.COMPLETED) == 3
 
 
@@ -81,7 +76,7 @@ async def test_cancellation_from_outside_hands_back_running_and_buffered_jobs(cl
     with anyio.fail_after(30):
         with anyio.CancelScope() as scope:
             async with open_scheduler(store, handler, workers=3, buffer_size=2, clock=clock):
-                await _wait_until_running(handler, 3)
+                await handler.wait_running(3)
                 scope.cancel()
     assert scope.cancelled_caught
     assert store.count(JobStatus.PENDING) == 10
@@ -97,7 +92,7 @@ async def test_shutdown_with_cancel_running(clock: Clock) -> None:
     handler.gate = anyio.Event()
     with anyio.fail_after(30):
         async with open_scheduler(store, handler, workers=2, clock=clock) as scheduler:
-            await _wait_until_running(handler, 2)
+            await handler.wait_running(2)
             scheduler.shutdown(cancel_running=True)
     assert store.count(JobStatus.PENDING) == 4
     assert settled(store)
@@ -110,7 +105,7 @@ async def test_an_error_in_the_block_cancels_the_handlers_and_hands_jobs_back(cl
     handler.gate = anyio.Event()
     with anyio.fail_after(30), pytest.RaisesGroup(KeyError):
         async with open_scheduler(store, handler, workers=2, clock=clock):
-            await _wait_until_running(handler, 2)
+            await handler.wait_running(2)
             raise KeyError("the program failed")
     assert settled(store)
     assert store.count(JobStatus.PENDING) == 4
@@ -125,7 +120,7 @@ async def test_hand_back_is_bounded_by_shutdown_timeout(clock: Clock, caplog: py
     with anyio.fail_after(30):
         with anyio.CancelScope() as scope:
             async with open_scheduler(store, handler, workers=1, buffer_size=1, shutdown_timeout=0.2, clock=clock):
-                await _wait_until_running(handler, 1)
+                await handler.wait_running(1)
                 scope.cancel()
     # one hand-back hung until shutdown_timeout; that job reappears when its lease expires
     leased = [job for job in store.inner.jobs() if job.visible_after is not None]
@@ -148,7 +143,7 @@ async def test_first_signal_shuts_down_gracefully(clock: Clock) -> None:
         async with open_scheduler(store, handler, workers=1, clock=clock) as scheduler, anyio.create_task_group() as tg:
             first_shutdown, _ = spy_on_shutdown(scheduler)
             tg.start_soon(shutdown_on_signals, scheduler, signal.SIGUSR1)
-            await _wait_until_running(handler, 1)
+            await handler.wait_running(1)
             os.kill(os.getpid(), signal.SIGUSR1)
             await first_shutdown.wait()
             handler.gate.set()
@@ -168,7 +163,7 @@ async def test_second_signal_cancels_running_jobs(clock: Clock) -> None:
             first_shutdown, second_shutdown = spy_on_shutdown(scheduler)
             await tg.start(scheduler.run)
             tg.start_soon(shutdown_on_signals, scheduler, signal.SIGUSR1)
-            await _wait_until_running(handler, 1)
+            await handler.wait_running(1)
             os.kill(os.getpid(), signal.SIGUSR1)
             await first_shutdown.wait()  # trio folds a signal sent twice before it is read
             os.kill(os.getpid(), signal.SIGUSR1)
