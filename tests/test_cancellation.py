@@ -14,7 +14,7 @@ import anyio
 import pytest
 
 from anysched import Job, open_scheduler
-from support import Recorder, WrappedStore, add_jobs, checkpoints, settled
+from support import FAST_RETRY, Recorder, WrappedStore, add_jobs, checkpoints, settled
 
 pytestmark = pytest.mark.anyio
 
@@ -40,7 +40,14 @@ async def test_cancelled_while_a_store_call_blocks(operation: str, call: int, cl
         with anyio.CancelScope() as scope:
             async with (
                 open_scheduler(
-                    store, handler, workers=2, buffer_size=1, fetch_interval=0.01, visibility_timeout=0.6, clock=clock
+                    store,
+                    handler,
+                    workers=2,
+                    buffer_size=1,
+                    fetch_interval=0.01,
+                    visibility_timeout=0.6,
+                    store_backoff=FAST_RETRY,
+                    clock=clock,
                 ) as scheduler,
                 anyio.create_task_group() as tg,
             ):

@@ -178,7 +178,7 @@ async def test_a_long_job_keeps_its_lease_and_runs_once(clock: Clock) -> None:
     async def other_handler(job: Job[int]) -> None:
         runs.append("second")
 
-    options = {"visibility_timeout": 0.3, "fetch_interval": 0.05, "clock": clock}
+    options = {"visibility_timeout": 0.3, "fetch_interval": 0.05, "store_backoff": FAST_RETRY, "clock": clock}
     with anyio.fail_after(30):
         async with open_scheduler(store, long_handler, **options):  # type: ignore[arg-type]
             await long_job_started.wait()
@@ -218,7 +218,7 @@ async def test_a_handler_whose_lease_is_lost_is_cancelled(clock: Clock, caplog: 
             cancelled.set()
 
     with anyio.fail_after(30):
-        async with open_scheduler(store, handler, visibility_timeout=0.3, clock=clock):
+        async with open_scheduler(store, handler, visibility_timeout=0.3, store_backoff=FAST_RETRY, clock=clock):
             await started.wait()
             # someone else takes the job over (as if our lease had expired unseen)
             stolen = store.get_job(job.id)
@@ -236,7 +236,9 @@ async def test_a_job_that_waited_too_long_in_the_buffer_is_renewed_before_it_sta
     handler = Recorder[int]()
     handler.gate = anyio.Event()
     with anyio.fail_after(30):
-        async with open_scheduler(store, handler, workers=1, buffer_size=1, visibility_timeout=0.3, clock=clock):
+        async with open_scheduler(
+            store, handler, workers=1, buffer_size=1, visibility_timeout=0.3, store_backoff=FAST_RETRY, clock=clock
+        ):
             await handler.wait_running(1)
             await anyio.sleep(0.2)  # the buffered job's lease is two thirds gone
             handler.gate.set()

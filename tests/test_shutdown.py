@@ -81,8 +81,8 @@ async def test_cancellation_from_outside_hands_back_running_and_buffered_jobs(cl
     assert scope.cancelled_caught
     assert store.count(JobStatus.PENDING) == 10
     assert settled(store)
-    attempts = sorted(job.attempts for job in store.jobs())
-    assert attempts == [0] * 7 + [1] * 3  # started jobs keep their attempt
+    # interrupted jobs did not fail: like unstarted ones, they get their attempt back
+    assert all(job.attempts == 0 for job in store.jobs())
 
 
 async def test_shutdown_with_cancel_running(clock: Clock) -> None:

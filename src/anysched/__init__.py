@@ -11,14 +11,18 @@ from __future__ import annotations
 
 from ._exceptions import AnyschedError as AnyschedError
 from ._exceptions import DuplicateJobError as DuplicateJobError
+from ._exceptions import FailJob as FailJob
 from ._exceptions import JobNotFoundError as JobNotFoundError
+from ._exceptions import JobTimeoutError as JobTimeoutError
 from ._exceptions import LeaseLostError as LeaseLostError
 from ._exceptions import PayloadError as PayloadError
+from ._exceptions import RetryJob as RetryJob
 from ._exceptions import TransientStoreError as TransientStoreError
 from ._job import Job as Job
 from ._job import JobStatus as JobStatus
 from ._retry import TRANSIENT_ERRORS as TRANSIENT_ERRORS
 from ._retry import Backoff as Backoff
+from ._retry import RetryPolicy as RetryPolicy
 from ._scheduler import Handler as Handler
 from ._scheduler import Scheduler as Scheduler
 from ._scheduler import open_scheduler as open_scheduler
@@ -32,17 +36,35 @@ __all__ = (
     "AnyschedError",
     "Backoff",
     "DuplicateJobError",
+    "FailJob",
     "Handler",
     "Job",
     "JobNotFoundError",
     "JobStatus",
     "JobStore",
+    "JobTimeoutError",
     "KnowsNextDueTime",
     "LeaseLostError",
     "MemoryStore",
     "PayloadError",
+    "RetryJob",
+    "RetryPolicy",
     "Scheduler",
     "TransientStoreError",
     "open_scheduler",
     "shutdown_on_signals",
 )
+
+# Errors read "anysched.FailJob: …" in tracebacks and in a job's last_error, not the private module.
+for _error in (
+    AnyschedError,
+    DuplicateJobError,
+    FailJob,
+    JobNotFoundError,
+    JobTimeoutError,
+    LeaseLostError,
+    PayloadError,
+    RetryJob,
+    TransientStoreError,
+):
+    _error.__module__ = __name__

@@ -6,6 +6,8 @@ already catches ``ValueError`` or ``RuntimeError`` keeps working.
 
 from __future__ import annotations
 
+from ._time import Seconds, to_seconds
+
 
 class AnyschedError(Exception):
     """Base class of every error raised by anysched."""
@@ -53,3 +55,35 @@ class TransientStoreError(AnyschedError):
 
 class PayloadError(AnyschedError, ValueError):
     """A payload could not be encoded for a store, or a stored one could not be decoded."""
+
+
+class RetryJob(AnyschedError):
+    """Raised by a handler: run this job again later, whatever the retry policy says.
+
+    The job goes back to pending, due after ``delay`` (the retry policy's backoff when
+    ``None``). An explicit retry is a postponement, not a failure: it does not use up one
+    of the job's ``max_attempts``, so a handler that always raises it runs forever.
+
+    :param delay: seconds (or a ``timedelta``) to wait before the job is due again
+    :param reason: why; stored as the job's ``last_error``
+    """
+
+    def __init__(self, reason: str = "the handler asked for a retry", *, delay: Seconds | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.delay: float | None = None if delay is None else to_seconds("delay", delay, allow_zero=True)
+
+
+class FailJob(AnyschedError):
+    """Raised by a handler: this job failed for good; do not retry it, whatever the policy says.
+
+    :param reason: why; stored as the job's ``last_error``
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class JobTimeoutError(AnyschedError, TimeoutError):
+    """A handler ran past its job's timeout and was cancelled; the attempt counts as failed."""

@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 from enum import Enum
 from typing import Generic, TypeVar, cast
 
-from ._time import require_utc, utc_now
+from ._time import Seconds, require_utc, to_seconds, utc_now
 
 T = TypeVar("T")
 P = TypeVar("P")  # `Job.create`'s own: a static method cannot use the class's T
@@ -53,9 +53,15 @@ class Job(Generic[T]):
     :param process_after: the job is due from this moment
     :param visible_after: while set and in the future, the job is leased to someone
     :param processed_at: when the handler finished (completed or failed)
-    :param attempts: how many times the job was claimed
+    :param attempts: the attempts that count against ``max_attempts``: a claim adds one;
+        the scheduler gives it back when it hands a job back unstarted or interrupted, or when
+        the handler postpones it with :class:`~anysched.RetryJob`
     :param lease: the token of the current (or last) lease; updates are fenced by it
     :param last_error: the last handler error, as text
+    :param max_attempts: this job's attempt budget, overriding the scheduler's retry policy
+        (``None``: the policy's)
+    :param timeout: seconds this job's handler may run before it is cancelled and the
+        attempt fails, overriding the scheduler's ``job_timeout`` (``None``: the scheduler's)
     """
 
     payload: T
@@ -67,6 +73,8 @@ class Job(Generic[T]):
     attempts: int = 0
     lease: str | None = None
     last_error: str | None = None
+    max_attempts: int | None = None
+    timeout: float | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.id, str) or not self.id:  # pyright: ignore[reportUnnecessaryIsInstance]
@@ -76,6 +84,10 @@ class Job(Generic[T]):
             object.__setattr__(self, "status", JobStatus(status))
         if type(self.attempts) is not int or self.attempts < 0:
             raise ValueError(f"attempts must be an int >= 0, got {self.attempts!r}")
+        if self.max_attempts is not None and (type(self.max_attempts) is not int or self.max_attempts < 1):
+            raise ValueError(f"max_attempts must be None or an int >= 1, got {self.max_attempts!r}")
+        if self.timeout is not None:
+            object.__setattr__(self, "timeout", to_seconds("timeout", self.timeout))
         self._set_utc("process_after", self.process_after)
         if self.visible_after is not None:
             self._set_utc("visible_after", self.visible_after)
@@ -88,17 +100,28 @@ class Job(Generic[T]):
             object.__setattr__(self, name, utc)
 
     @staticmethod
-    def create(payload: P, *, process_after: datetime | None = None, id: str | None = None) -> Job[P]:
+    def create(
+        payload: P,
+        *,
+        process_after: datetime | None = None,
+        id: str | None = None,
+        max_attempts: int | None = None,
+        timeout: Seconds | None = None,
+    ) -> Job[P]:
         """A new pending job, due at ``process_after`` (now by default).
 
         :param payload: what the handler will receive as ``job.payload``
         :param process_after: when the job becomes due; timezone-aware
         :param id: the job's id; a fresh UUID4 string by default
+        :param max_attempts: the job's attempt budget (default: the scheduler's retry policy)
+        :param timeout: how long the job's handler may run (default: the scheduler's ``job_timeout``)
         """
         return Job(
             payload=payload,
             id=new_job_id() if id is None else id,
             process_after=utc_now() if process_after is None else process_after,
+            max_attempts=max_attempts,
+            timeout=None if timeout is None else to_seconds("timeout", timeout),
         )
 
     def is_due(self, now: datetime) -> bool:

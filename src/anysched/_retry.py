@@ -1,8 +1,9 @@
-"""The one retry policy for store calls: exponential backoff through stamina, until cancelled."""
+"""Retries: of store calls (exponential backoff through stamina, until cancelled) and of failed jobs."""
 
 from __future__ import annotations
 
 import logging
+import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
@@ -48,7 +49,37 @@ class Backoff:
     def delay(self, attempt: int) -> float:
         """The delay before retry number ``attempt`` (1-based), without jitter."""
         initial, maximum = to_seconds("initial", self.initial), to_seconds("maximum", self.maximum)
-        return min(maximum, initial * 2.0 ** (attempt - 1))
+        return min(maximum, initial * 2.0 ** min(attempt - 1, 64))  # no float overflow at attempt 1025
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How a failed job is retried: at most ``max_attempts`` attempts in all, ``backoff`` apart.
+
+    Attempts are counted when a job is claimed, so every attempt counts: one whose handler
+    raised or timed out, and one whose process died (its lease expired). A failed attempt
+    with attempts left puts the job back to pending, due after the backoff delay (plus
+    random jitter); the last one leaves it failed. A job claimed once more after its last
+    attempt (a job that kills its process every time) is failed without running.
+
+    :param max_attempts: attempts per job, the first one included (``1``: no retries)
+    :param backoff: the delay before retry *n* is ``backoff.initial * 2 ** (n - 1)``,
+        capped at ``backoff.maximum``, plus up to ``backoff.jitter`` seconds
+    """
+
+    max_attempts: int = 3
+    backoff: Backoff = Backoff(initial=1.0, maximum=300.0, jitter=1.0)
+
+    def __post_init__(self) -> None:
+        if type(self.max_attempts) is not int or self.max_attempts < 1:
+            raise ValueError(f"max_attempts must be an int >= 1, got {self.max_attempts!r}")
+        if not isinstance(self.backoff, Backoff):  # pyright: ignore[reportUnnecessaryIsInstance]
+            raise TypeError(f"backoff must be an anysched.Backoff, not {type(self.backoff).__name__}")
+
+    def delay(self, attempt: int) -> float:
+        """Seconds to wait after failed attempt ``attempt`` (1-based), jitter included."""
+        jitter = to_seconds("jitter", self.backoff.jitter, allow_zero=True)
+        return self.backoff.delay(attempt) + random.uniform(0.0, jitter)
 
 
 async def call_store(operation: str, job_id: str | None, call: Callable[[], Awaitable[R]], backoff: Backoff) -> R:

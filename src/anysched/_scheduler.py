@@ -18,22 +18,26 @@ import anyio.lowlevel
 from anyio.abc import TaskGroup, TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from ._exceptions import JobNotFoundError, LeaseLostError
+from ._exceptions import FailJob, JobNotFoundError, JobTimeoutError, LeaseLostError, RetryJob
 from ._job import Job, JobStatus
-from ._retry import Backoff, call_store
+from ._retry import Backoff, RetryPolicy, call_store
 from ._store import JobStore, KnowsNextDueTime
 from ._time import Seconds, require_utc, to_seconds, utc_now
 
 T = TypeVar("T")
 
 Handler = Callable[[Job[T]], Awaitable[object]]
-"""``async def handler(job: Job[T]) -> None``: returning completes the job, raising fails it."""
+"""``async def handler(job: Job[T]) -> None``: returning completes the job, raising fails it
+(retried while the retry policy allows; :class:`RetryJob` and :class:`FailJob` decide for it)."""
 
 logger = logging.getLogger("anysched")
 
 RENEW_WHEN_REMAINING = 2 / 3
 """Renew a running job's lease once a third of the visibility timeout has passed, so two
 renewals can fail before the lease runs out."""
+
+DEFAULT_RETRY = RetryPolicy()
+"""The backoff for a job that sets its own ``max_attempts`` on a scheduler without a policy."""
 
 
 @dataclass(eq=False)
@@ -58,7 +62,7 @@ class Scheduler(Generic[T]):
 
     :param store: where jobs live (any :class:`~anysched.JobStore`)
     :param handler: ``async def handler(job) -> None``; returning completes the job,
-        raising an exception marks it failed with ``last_error``
+        raising an exception fails the attempt (``last_error`` says why)
     :param workers: how many handlers may run at once
     :param fetch_interval: how long to sleep when no job is due (at most; less when the
         store knows its next due time or a job is added through this scheduler)
@@ -68,6 +72,13 @@ class Scheduler(Generic[T]):
         on shutdown or cancellation
     :param buffer_size: how many leased jobs may wait for a free worker (default: ``workers``)
     :param store_backoff: the backoff between retries of a failed store call
+    :param retry: how failed jobs are retried (attempts and backoff). ``None``, the default,
+        is go-sched's behaviour: a failed job stays failed, and a job whose process died
+        runs again when its lease expires, however often. A job's own ``max_attempts``
+        overrides the policy's.
+    :param job_timeout: how long a handler may run before it is cancelled and the attempt
+        fails with :class:`JobTimeoutError` (``None``: no limit). A job's own ``timeout``
+        overrides it. It may exceed ``visibility_timeout``: leases are renewed.
     :param clock: returns the current time (timezone-aware); tests pass one that follows
         the event loop's clock
     """
@@ -83,6 +94,8 @@ class Scheduler(Generic[T]):
         shutdown_timeout: Seconds = 10.0,
         buffer_size: int | None = None,
         store_backoff: Backoff = Backoff(),  # noqa: B008 -- immutable
+        retry: RetryPolicy | None = None,
+        job_timeout: Seconds | None = None,
         clock: Callable[[], datetime] = utc_now,
     ) -> None:
         _check_store(store)
@@ -97,6 +110,11 @@ class Scheduler(Generic[T]):
         if not isinstance(store_backoff, Backoff):  # pyright: ignore[reportUnnecessaryIsInstance]
             raise TypeError(f"store_backoff must be an anysched.Backoff, not {type(store_backoff).__name__}")
         self._backoff = store_backoff
+        _check_lease_can_be_renewed(self._visibility_timeout, store_backoff)
+        if retry is not None and not isinstance(retry, RetryPolicy):  # pyright: ignore[reportUnnecessaryIsInstance]
+            raise TypeError(f"retry must be an anysched.RetryPolicy or None, not {type(retry).__name__}")
+        self._retry = retry
+        self._job_timeout = None if job_timeout is None else to_seconds("job_timeout", job_timeout)
         if not callable(clock):
             raise TypeError("clock must be a callable returning a timezone-aware datetime")
         self._clock = clock
@@ -276,16 +294,41 @@ class Scheduler(Generic[T]):
             if self._stopping:
                 await self._hand_back(job, started=False)
                 return
-            fresh = await self._fresh_lease(job)
-            if fresh is None:
-                return
-            started = True
-            outcome = await self._run_handler(fresh, worker)
+            outcome = self._out_of_attempts(job)
+            if outcome is None:
+                fresh = await self._fresh_lease(job)
+                if fresh is None:
+                    return
+                started = True
+                outcome = await self._run_handler(fresh, worker)
         except BaseException:
             await self._shielded_hand_back([job], started=started)
             raise
         if outcome is not None:
             await self._record(outcome, worker)
+
+    def _out_of_attempts(self, job: Job[T]) -> Job[T] | None:
+        """The job failed for good, if this claim is beyond its last attempt; else ``None``.
+
+        Attempts are counted at claim, so only a job whose earlier attempts never reported
+        an outcome (their process died, their lease expired) gets here: a poison job.
+        """
+        budget = self._max_attempts(job)
+        if budget is None or job.attempts <= budget:
+            return None
+        message = (
+            f"gave up after {budget} attempt(s): the last ended without an outcome "
+            "(its process died or its lease expired)"
+        )
+        if job.last_error is not None:
+            message += f"; last error: {job.last_error}"
+        logger.error("job %s: %s", job.id, message)
+        return replace(job, status=JobStatus.FAILED, processed_at=self._now(), visible_after=None, last_error=message)
+
+    def _max_attempts(self, job: Job[T]) -> int | None:
+        if job.max_attempts is not None:
+            return job.max_attempts
+        return None if self._retry is None else self._retry.max_attempts
 
     async def _fresh_lease(self, job: Job[T]) -> Job[T] | None:
         """The job with a lease that will outlast the first renewal, or ``None`` if it is lost.
@@ -310,10 +353,14 @@ class Scheduler(Generic[T]):
         logger.debug("job %s started on worker %d (attempt %d)", job.id, worker, job.attempts)
         begin = anyio.current_time()
         error: Exception | None = None
+        timeout = self._job_timeout if job.timeout is None else job.timeout
         try:
             with running.scope:
                 try:
-                    await self._handler(job)
+                    if timeout is None:
+                        await self._handler(job)
+                    else:
+                        error = await self._run_with_timeout(job, timeout)
                 except Exception as exc:
                     error = exc
         finally:
@@ -328,14 +375,49 @@ class Scheduler(Generic[T]):
             return None
         return self._outcome(running.job, worker, duration, error)
 
+    async def _run_with_timeout(self, job: Job[T], seconds: float) -> JobTimeoutError | None:
+        with anyio.move_on_after(seconds) as deadline:
+            await self._handler(job)
+        if deadline.cancelled_caught:
+            return JobTimeoutError(f"the handler ran past the job's timeout of {seconds:g}s and was cancelled")
+        return None
+
     def _outcome(self, job: Job[T], worker: int, duration: float, error: Exception | None) -> Job[T]:
+        """The job as this attempt leaves it: completed, failed, or pending again for a retry."""
         now = self._now()
         if error is None:
             logger.info("job %s completed on worker %d in %.3fs", job.id, worker, duration)
             return replace(job, status=JobStatus.COMPLETED, processed_at=now, visible_after=None)
-        logger.error("job %s failed on worker %d after %.3fs", job.id, worker, duration, exc_info=error)
-        message = "".join(traceback.format_exception_only(type(error), error)).strip()
+        if isinstance(error, RetryJob):
+            delay = self._retry_delay(job) if error.delay is None else error.delay
+            logger.info("job %s postponed by its handler (%s); due again in %.2fs", job.id, error.reason, delay)
+            # A postponement, not a failure: the attempt is given back.
+            return self._due_again(replace(job, attempts=job.attempts - 1), now, delay, error.reason)
+        message = error.reason if isinstance(error, FailJob) else _describe(error)
+        budget = self._max_attempts(job)
+        of_budget = "" if budget is None else f" of {budget}"
+        if budget is not None and job.attempts < budget and not isinstance(error, FailJob):
+            delay = self._retry_delay(job)
+            logger.warning(
+                "job %s failed on worker %d after %.3fs (attempt %d%s); retrying in %.2fs",
+                *(job.id, worker, duration, job.attempts, of_budget, delay),
+                exc_info=error,
+            )
+            return self._due_again(job, now, delay, message)
+        logger.error(
+            "job %s failed for good on worker %d after %.3fs (attempt %d%s)",
+            *(job.id, worker, duration, job.attempts, of_budget),
+            exc_info=error,
+        )
         return replace(job, status=JobStatus.FAILED, processed_at=now, visible_after=None, last_error=message)
+
+    def _retry_delay(self, job: Job[T]) -> float:
+        return (self._retry or DEFAULT_RETRY).delay(max(1, job.attempts))
+
+    @staticmethod
+    def _due_again(job: Job[T], now: datetime, delay: float, why: str) -> Job[T]:
+        """Pending again, due after ``delay``, lease released."""
+        return replace(job, process_after=now + timedelta(seconds=delay), visible_after=None, last_error=why)
 
     async def _record(self, outcome: Job[T], worker: int) -> None:
         """Write a finished job's outcome; if cancelled meanwhile, try once more, shielded and bounded."""
@@ -354,11 +436,12 @@ class Scheduler(Generic[T]):
             raise
 
     async def _hand_back(self, job: Job[T], *, started: bool) -> None:
-        """Release a leased job so it is visible again at once.
+        """Release a leased job so it is visible again at once, with its attempt given back.
 
-        An unstarted job gets its attempt back; a started one keeps it (it did run).
+        A job the scheduler interrupts (shutdown with ``cancel_running``, cancellation) did
+        not fail, so its attempt does not count against ``max_attempts`` either.
         """
-        released = replace(job, visible_after=None, attempts=job.attempts - (0 if started else 1))
+        released = replace(job, visible_after=None, attempts=job.attempts - 1)
         await self._write(released, "release")
         logger.info("job %s handed back%s", job.id, " (interrupted)" if started else "")
 
@@ -454,6 +537,8 @@ async def open_scheduler(
     shutdown_timeout: Seconds = 10.0,
     buffer_size: int | None = None,
     store_backoff: Backoff = Backoff(),  # noqa: B008 -- immutable
+    retry: RetryPolicy | None = None,
+    job_timeout: Seconds | None = None,
     clock: Callable[[], datetime] = utc_now,
 ) -> AsyncGenerator[Scheduler[T], None]:
     """Run a :class:`Scheduler` for the length of an ``async with`` block.
@@ -472,6 +557,8 @@ async def open_scheduler(
         shutdown_timeout=shutdown_timeout,
         buffer_size=buffer_size,
         store_backoff=store_backoff,
+        retry=retry,
+        job_timeout=job_timeout,
         clock=clock,
     )
     async with anyio.create_task_group() as tg:
@@ -480,6 +567,23 @@ async def open_scheduler(
             yield scheduler
         finally:
             scheduler.shutdown()
+
+
+def _describe(error: BaseException) -> str:
+    """An error as ``last_error`` stores it: ``TypeName: message``."""
+    return "".join(traceback.format_exception_only(type(error), error)).strip()
+
+
+def _check_lease_can_be_renewed(visibility_timeout: timedelta, store_backoff: Backoff) -> None:
+    """A lease is renewed when a third of it has passed; a renewal that fails must have time
+    to be retried before the lease runs out, or one blip of the store loses every lease."""
+    initial = to_seconds("store_backoff.initial", store_backoff.initial)
+    if visibility_timeout.total_seconds() <= 3 * initial:
+        raise ValueError(
+            f"visibility_timeout ({visibility_timeout.total_seconds():g}s) must be more than 3 x "
+            f"store_backoff.initial ({initial:g}s): leases are renewed when a third of them has passed, "
+            "and a failed renewal must be retried before the lease runs out"
+        )
 
 
 def _check_count(name: str, value: int, *, minimum: int) -> int:

@@ -147,6 +147,25 @@ class StoreContract:
         assert again.id == leased.id
         assert again.attempts == 1
 
+    async def test_a_retried_job_is_due_again_after_its_delay(self, store: JobStore[Payload]) -> None:
+        await store.add_job(job(1))
+        [leased] = await store.fetch_pending_jobs(T0, 10, VT)
+        await store.update_job(replace(leased, process_after=at(60), visible_after=None, last_error="boom"))
+        assert await store.fetch_pending_jobs(at(59), 10, VT) == []
+        [again] = await store.fetch_pending_jobs(at(60), 10, VT)
+        assert (again.attempts, again.last_error) == (2, "boom")
+        assert close_to(again.process_after, at(60))
+
+    async def test_a_jobs_own_limits_are_kept(self, store: JobStore[Payload]) -> None:
+        await store.add_job(Job.create(Payload(1), process_after=T0, max_attempts=5, timeout=2.5))
+        await store.add_job(job(2))
+        leased = {j.payload.n: j for j in await store.fetch_pending_jobs(T0, 10, VT)}
+        assert (leased[1].max_attempts, leased[1].timeout) == (5, 2.5)
+        assert (leased[2].max_attempts, leased[2].timeout) == (None, None)
+        await store.update_job(replace(leased[1], visible_after=None, max_attempts=7, timeout=None))
+        [again] = await store.fetch_pending_jobs(at(1), 10, VT)
+        assert (again.max_attempts, again.timeout) == (7, None)
+
     async def test_a_renewed_lease_hides_the_job_longer(self, store: JobStore[Payload]) -> None:
         await store.add_job(job(1))
         [leased] = await store.fetch_pending_jobs(T0, 10, VT)

@@ -504,6 +504,8 @@ class MongoStore(Generic[T]):
             "attempts": job.attempts,
             "lease": job.lease,
             "last_error": job.last_error,
+            "max_attempts": job.max_attempts,
+            "timeout": job.timeout,
             "claimable_at": _claimable_at(job),
         }
 
@@ -518,6 +520,8 @@ class MongoStore(Generic[T]):
             attempts=document.get("attempts", 0),
             lease=document.get("lease"),
             last_error=document.get("last_error"),
+            max_attempts=document.get("max_attempts"),  # absent from documents written before 0.1
+            timeout=document.get("timeout"),
         )
 
 

@@ -53,7 +53,10 @@ _TRANSIENT_CODES = frozenset({5, 6, 15})  # SQLITE_BUSY, SQLITE_LOCKED, SQLITE_P
 _PURGE_BATCH = 5000  # rows per purge transaction, so a big purge never holds the write lock for long
 _MAX_EXPIRY_INTERVAL = timedelta(minutes=1)
 
-_COLUMNS = "id, payload, status, process_after, visible_after, processed_at, attempts, lease, last_error"
+_COLUMNS = (
+    "id, payload, status, process_after, visible_after, processed_at, attempts, lease, last_error,"
+    " max_attempts, timeout"
+)
 _CLAIMABLE = (
     "FROM anysched_jobs WHERE status = 'pending' AND process_after <= :now"
     " AND (visible_after IS NULL OR visible_after <= :now) ORDER BY process_after LIMIT :limit"
@@ -69,7 +72,9 @@ _SCHEMA = (
         processed_at INTEGER,
         attempts INTEGER NOT NULL,
         lease TEXT,
-        last_error TEXT
+        last_error TEXT,
+        max_attempts INTEGER,
+        timeout REAL
     )""",
     # The claim walks pending jobs oldest due first and stops after `limit` rows. The index
     # covers the claim's WHERE (status too: SQLite's planner does not see that the partial
@@ -366,11 +371,14 @@ class SQLiteStore(Generic[T]):
             job.attempts,
             job.lease,
             job.last_error,
+            job.max_attempts,
+            job.timeout,
         )
 
     def _job(self, row: Sequence[Any]) -> Job[T]:
         """The job a row (in ``_COLUMNS`` order) holds. :raises PayloadError: its payload does not decode"""
-        job_id, payload, status, process_after, visible_after, processed_at, attempts, lease, last_error = row
+        job_id, payload, status, process_after, visible_after, processed_at, attempts, lease, last_error, *limits = row
+        max_attempts, timeout = limits
         return Job(
             payload=self._decode(payload),
             id=job_id,
@@ -381,6 +389,8 @@ class SQLiteStore(Generic[T]):
             attempts=attempts,
             lease=lease,
             last_error=last_error,
+            max_attempts=max_attempts,
+            timeout=timeout,
         )
 
     def _decode(self, text: str) -> T:
@@ -488,7 +498,7 @@ def _claim_select(connection: sqlite3.Connection, params: dict[str, int]) -> lis
 
 def _leased(row: Sequence[Any], visible_us: int) -> tuple[Any, ...]:
     """A row (in ``_COLUMNS`` order) as the claim leaves it."""
-    job_id, payload, status, process_after, _, processed_at, attempts, _, last_error = row
+    job_id, payload, status, process_after, _, processed_at, attempts, _, last_error, max_attempts, timeout = row
     return (
         job_id,
         payload,
@@ -499,6 +509,8 @@ def _leased(row: Sequence[Any], visible_us: int) -> tuple[Any, ...]:
         attempts + 1,
         new_lease_token(),
         last_error,
+        max_attempts,
+        timeout,
     )
 
 
@@ -523,7 +535,8 @@ def _update(connection: sqlite3.Connection, row: tuple[Any, ...]) -> None:
     with _write(connection):
         cursor = connection.execute(
             "UPDATE anysched_jobs SET payload = ?, status = ?, process_after = ?, visible_after = ?,"
-            " processed_at = ?, attempts = ?, lease = ?, last_error = ? WHERE id = ? AND lease = ?",
+            " processed_at = ?, attempts = ?, lease = ?, last_error = ?, max_attempts = ?, timeout = ?"
+            " WHERE id = ? AND lease = ?",
             (*row[1:], row[0], row[7]),
         )
         if cursor.rowcount == 0:
@@ -532,7 +545,7 @@ def _update(connection: sqlite3.Connection, row: tuple[Any, ...]) -> None:
 
 
 def _insert(connection: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
-    statement = f"INSERT INTO anysched_jobs ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    statement = f"INSERT INTO anysched_jobs ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
     with _write(connection):
         for row in rows:
             try:
