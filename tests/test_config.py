@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from anysched import Backoff, Job, JobStatus, MemoryStore, Scheduler, open_scheduler
+from anysched import Backoff, FailJob, Job, JobStatus, MemoryStore, RetryJob, RetryPolicy, Scheduler, open_scheduler
 
 
 async def handler(job: Job[int]) -> None:
@@ -36,6 +36,14 @@ def make(**options: Any) -> Scheduler[int]:
         ({"shutdown_timeout": 0}, ValueError, "shutdown_timeout must be > 0"),
         ({"store_backoff": 0.1}, TypeError, "store_backoff must be an anysched.Backoff"),
         ({"clock": "now"}, TypeError, "clock must be a callable"),
+        ({"retry": 3}, TypeError, "retry must be an anysched.RetryPolicy or None"),
+        ({"job_timeout": 0}, ValueError, "job_timeout must be > 0"),
+        ({"job_timeout": "5"}, TypeError, "job_timeout must be seconds"),
+        (
+            {"visibility_timeout": 0.3, "store_backoff": Backoff(initial=0.1)},
+            ValueError,
+            r"visibility_timeout \(0.3s\) must be more than 3 x store_backoff.initial \(0.1s\)",
+        ),
     ],
 )
 def test_bad_options(options: dict[str, Any], error: type[Exception], message: str) -> None:
@@ -50,6 +58,34 @@ def test_options_are_keyword_only() -> None:
 
 def test_durations_accept_seconds_and_timedeltas() -> None:
     make(fetch_interval=timedelta(milliseconds=250), visibility_timeout=45, shutdown_timeout=2.5)
+    make(job_timeout=timedelta(minutes=5), visibility_timeout=30)  # longer than a lease is fine: leases are renewed
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "message"),
+    [
+        ({"max_attempts": 0}, ValueError, "max_attempts must be an int >= 1, got 0"),
+        ({"max_attempts": 2.0}, ValueError, "max_attempts must be an int >= 1"),
+        ({"backoff": 1.0}, TypeError, "backoff must be an anysched.Backoff"),
+    ],
+)
+def test_bad_retry_policy(options: dict[str, Any], error: type[Exception], message: str) -> None:
+    with pytest.raises(error, match=message):
+        RetryPolicy(**options)
+
+
+def test_retry_delays_double_up_to_the_cap_plus_jitter() -> None:
+    policy = RetryPolicy(backoff=Backoff(initial=1, maximum=8, jitter=0.5))
+    for attempt, base in [(1, 1), (2, 2), (3, 4), (4, 8), (5, 8), (5000, 8)]:
+        assert base <= policy.delay(attempt) <= base + 0.5
+
+
+def test_retry_job_and_fail_job_carry_their_reason() -> None:
+    assert RetryJob("busy", delay=timedelta(minutes=1)).delay == 60
+    assert RetryJob().delay is None
+    assert FailJob("gone").reason == "gone"
+    with pytest.raises(ValueError, match="delay must be >= 0"):
+        RetryJob(delay=-1)
 
 
 def test_a_sync_handler_is_refused() -> None:
@@ -142,10 +178,27 @@ class TestJob:
         with pytest.raises(ValueError, match="'done' is not a valid JobStatus"):
             Job(1, status="done")  # type: ignore[arg-type]
 
-    @pytest.mark.parametrize(("field", "value"), [("id", ""), ("id", 5), ("attempts", -1), ("attempts", 1.0)])
+    @pytest.mark.parametrize(
+        ("field", "value"),
+        [
+            ("id", ""),
+            ("id", 5),
+            ("attempts", -1),
+            ("attempts", 1.0),
+            ("max_attempts", 0),
+            ("max_attempts", "3"),
+            ("timeout", 0),
+            ("timeout", -1.5),
+        ],
+    )
     def test_bad_fields(self, field: str, value: object) -> None:
         with pytest.raises(ValueError, match=field):
             Job(1, **{field: value})  # type: ignore[arg-type]
+
+    def test_a_jobs_own_limits(self) -> None:
+        job = Job.create(1, max_attempts=5, timeout=timedelta(seconds=90))
+        assert (job.max_attempts, job.timeout) == (5, 90.0)
+        assert (Job.create(1).max_attempts, Job.create(1).timeout) == (None, None)
 
     def test_jobs_are_immutable(self) -> None:
         job = Job.create(1)

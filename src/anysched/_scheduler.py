@@ -182,8 +182,7 @@ class Scheduler(Generic[T]):
         :raises DuplicateJobError: a job with this id exists
         """
         await call_store("add_job", job.id, lambda: self._store.add_job(job), self._backoff)
-        if self._nudge is not None and not self._waiting_for_space:
-            self._nudge.set()
+        self._wake_fetcher()
 
     # -- the task group ----------------------------------------------------------------------
 
@@ -281,6 +280,11 @@ class Scheduler(Generic[T]):
                 # starve every other task: yield once per job.
                 await anyio.lowlevel.checkpoint()
 
+    def _wake_fetcher(self) -> None:
+        """End the fetcher's idle sleep, so it looks again for the next due time."""
+        if self._nudge is not None and not self._waiting_for_space:
+            self._nudge.set()
+
     def _make_room(self) -> None:
         """Tell a fetcher that waits for room that a worker has finished a job."""
         if self._waiting_for_space:
@@ -306,6 +310,8 @@ class Scheduler(Generic[T]):
             raise
         if outcome is not None:
             await self._record(outcome, worker)
+            if outcome.status is JobStatus.PENDING:  # a retry: the fetcher may sleep past its due time
+                self._wake_fetcher()
 
     def _out_of_attempts(self, job: Job[T]) -> Job[T] | None:
         """The job failed for good, if this claim is beyond its last attempt; else ``None``.
