@@ -6,12 +6,24 @@ import random
 from collections import Counter
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import anyio
 import anyio.lowlevel
 
-from anysched import Backoff, Job, JobStatus, MemoryStore, TransientStoreError
+from anysched import (
+    Backoff,
+    FailJob,
+    Job,
+    JobStatus,
+    JobStore,
+    MemoryStore,
+    RetryJob,
+    RetryPolicy,
+    TransientStoreError,
+    open_scheduler,
+)
+from anysched.testing import Payload
 
 T = TypeVar("T")
 
@@ -125,3 +137,62 @@ async def add_jobs(store: MemoryStore[int], count: int, *, due: datetime | None 
 async def checkpoints(count: int) -> None:
     for _ in range(count):
         await anyio.lowlevel.checkpoint()
+
+
+class RetryScenario:
+    """Four jobs that exercise the retry machinery on any store (``Payload`` jobs, real clock):
+
+    - ``flaky``: fails twice, then succeeds (the policy's 3 attempts);
+    - ``hopeless``: raises ``FailJob`` (failed at once, policy or not);
+    - ``slow``: hangs past its own 0.2 s timeout on both of its own 2 attempts;
+    - ``busy``: postpones itself once with ``RetryJob``, then succeeds.
+
+    ``await scenario.run(store)`` adds them and runs a scheduler until every expected run has
+    started (a graceful shutdown then lets the last ones end); ``check(jobs)`` asserts how each
+    ended, given the jobs as read back from the store.
+    """
+
+    POLICY = RetryPolicy(max_attempts=3, backoff=Backoff(initial=0.05, maximum=0.1, jitter=0))
+    RUNS = 2 + 1 + 1 + 2 + 2  # flaky 3, hopeless 1, slow 2, busy 2
+
+    def __init__(self) -> None:
+        self.runs: Counter[str] = Counter()
+        self._all_ran = anyio.Event()
+
+    def jobs(self) -> list[Job[Payload]]:
+        return [
+            Job.create(Payload(1), id="flaky"),
+            Job.create(Payload(2), id="hopeless"),
+            Job.create(Payload(3), id="slow", max_attempts=2, timeout=0.2),
+            Job.create(Payload(4), id="busy"),
+        ]
+
+    async def handler(self, job: Job[Payload]) -> None:
+        self.runs[job.id] += 1
+        if sum(self.runs.values()) == self.RUNS:
+            self._all_ran.set()
+        if job.id == "flaky" and job.attempts < 3:
+            raise ValueError(f"flaky attempt {job.attempts}")
+        if job.id == "hopeless":
+            raise FailJob("hopeless")
+        if job.id == "slow":
+            await anyio.sleep_forever()
+        if job.id == "busy" and self.runs[job.id] == 1:
+            raise RetryJob("busy", delay=0.05)
+
+    async def run(self, store: JobStore[Payload], **options: Any) -> None:
+        for job in self.jobs():
+            await store.add_job(job)
+        with anyio.fail_after(60):
+            async with open_scheduler(store, self.handler, retry=self.POLICY, fetch_interval=0.05, **options):
+                await self._all_ran.wait()
+            # leaving the block let the runs still going finish (the last of "slow" by its
+            # timeout) and record their outcomes
+
+    def check(self, jobs: dict[str, Job[Payload]]) -> None:
+        assert self.runs == {"flaky": 3, "hopeless": 1, "slow": 2, "busy": 2}
+        assert (jobs["flaky"].status, jobs["flaky"].attempts) == (JobStatus.COMPLETED, 3)
+        assert (jobs["hopeless"].status, jobs["hopeless"].last_error) == (JobStatus.FAILED, "hopeless")
+        assert (jobs["slow"].status, jobs["slow"].attempts) == (JobStatus.FAILED, 2)
+        assert "JobTimeoutError" in str(jobs["slow"].last_error)
+        assert (jobs["busy"].status, jobs["busy"].attempts) == (JobStatus.COMPLETED, 1)

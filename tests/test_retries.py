@@ -21,7 +21,8 @@ from anysched import (
     RetryPolicy,
     open_scheduler,
 )
-from support import FAST_RETRY
+from anysched.testing import Payload
+from support import FAST_RETRY, RetryScenario
 
 pytestmark = pytest.mark.anyio
 
@@ -229,3 +230,10 @@ async def test_retries_are_logged_with_the_attempt(clock: Clock, caplog: pytest.
     messages = [record.getMessage() for record in caplog.records]
     assert any("failed on worker" in m and "(attempt 1 of 3); retrying in" in m for m in messages)
     assert any("job the-job completed" in m for m in messages)
+
+
+async def test_the_retry_scenario_on_the_memory_store(clock: Clock) -> None:
+    store = MemoryStore[Payload]()
+    scenario = RetryScenario()
+    await scenario.run(store, clock=clock)
+    scenario.check({job.id: job for job in store.jobs()})

@@ -18,6 +18,7 @@ from mongo_support import URI_ENV, Server, launch_secantusd, open_collection, se
 from anysched import Backoff, Job, JobStatus, open_scheduler
 from anysched.stores.mongo import ClaimMode, MongoStore
 from anysched.testing import Payload
+from support import RetryScenario
 
 pytestmark = pytest.mark.anyio
 
@@ -170,3 +171,10 @@ async def test_a_server_killed_and_restarted_mid_run_loses_no_job(
     assert set(done.handled) == set(ids)
     assert any("retrying in" in r.getMessage() and "TransientStoreError" in r.getMessage() for r in caplog.records)
     assert "mongodb://" not in caplog.text
+
+
+async def test_retries_timeouts_and_explicit_outcomes_on_mongo(collection: Any) -> None:
+    store = MongoStore(collection, Payload)
+    scenario = RetryScenario()
+    await scenario.run(store, store_backoff=FAST["store_backoff"])
+    scenario.check({job_id: await store.get_job(job_id) for job_id in scenario.runs})

@@ -33,6 +33,7 @@ from anysched import (
 )
 from anysched.stores.sqlite import SCHEMA_VERSION, SQLiteStore, SQLiteStoreError
 from anysched.testing import T0, VT, Payload, at, job
+from support import RetryScenario
 
 pytestmark = pytest.mark.anyio
 
@@ -472,3 +473,9 @@ async def test_a_claim_whose_result_cannot_be_delivered_hands_its_jobs_back(
     monkeypatch.undo()
     again = await store.fetch_pending_jobs(T0, 10, VT)
     assert sorted((j.id, j.attempts) for j in again) == [("j1", 1), ("j2", 1)]
+
+
+async def test_retries_timeouts_and_explicit_outcomes_on_sqlite(store: SQLiteStore[Payload]) -> None:
+    scenario = RetryScenario()
+    await scenario.run(store)
+    scenario.check({job_id: await store.get_job(job_id) for job_id in scenario.runs})
