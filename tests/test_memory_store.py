@@ -91,3 +91,21 @@ async def test_naive_now_is_refused() -> None:
 async def test_only_jobs_are_stored() -> None:
     with pytest.raises(TypeError, match=r"job must be an anysched\.Job"):
         await MemoryStore[Payload]().add_job({"id": "x"})  # type: ignore[arg-type]
+
+
+async def test_finished_and_renewed_jobs_do_not_pile_up_in_the_index() -> None:
+    """Each update leaves a superseded index entry until its lease time; the store compacts them."""
+    store = MemoryStore[Payload]()
+    count = 5000
+    for n in range(count):
+        await store.add_job(job(n, job_id=f"j{n}"))
+    hour = timedelta(hours=1)
+    for leased in await store.fetch_pending_jobs(T0, count, hour):
+        await store.update_job(replace(leased, visible_after=at(1800)))  # a renewal
+        await store.update_job(replace(leased, status=JobStatus.COMPLETED, processed_at=at(1), visible_after=None))
+    await store.add_job(job(-1, job_id="last", due=at(5)))
+    entries = len(store._waiting) + len(store._ready)
+    assert entries <= 2 * 1 + 1024  # without compaction: 10,001
+    assert await store.next_due_time() == at(5)
+    [last] = await store.fetch_pending_jobs(at(3600), 10, hour)
+    assert last.id == "last"

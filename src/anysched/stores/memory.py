@@ -17,6 +17,9 @@ from .._time import require_utc
 
 T = TypeVar("T")
 
+_COMPACT_SLACK = 1024
+"""Superseded heap entries tolerated beyond the pending jobs before the heaps are rebuilt."""
+
 _Entry = tuple[datetime, int, str]
 """A heap entry: (sort key, sequence number, job id). The sequence number breaks ties in
 insertion order and says whether the entry is still the job's current one."""
@@ -160,6 +163,18 @@ class MemoryStore(Generic[T]):
         if new.visible_after is not None and new.visible_after > claimable_at:
             claimable_at = new.visible_after
         heapq.heappush(self._waiting, (claimable_at, sequence, new.id))
+        if len(self._waiting) + len(self._ready) > 2 * len(self._current_entry) + _COMPACT_SLACK:
+            self._compact()
+
+    def _compact(self) -> None:
+        """Drop superseded entries, so the heaps stay within twice the pending jobs.
+
+        A finished or renewed job leaves its old entry behind until its lease time passes;
+        at thousands of jobs a second and a long lease that is most of the heap.
+        Amortised O(1) per update: a rebuild halves the heaps at least.
+        """
+        self._waiting = _live_heap(self._waiting, self._current_entry)
+        self._ready = _live_heap(self._ready, self._current_entry)
 
     def _promote_claimable(self, now: datetime) -> None:
         """Move the entries of jobs that became claimable by ``now`` to the ready heap."""
@@ -172,3 +187,9 @@ class MemoryStore(Generic[T]):
     def _drop_stale_top(self, heap: list[_Entry]) -> None:
         while heap and self._current_entry.get(heap[0][2]) != heap[0][1]:
             heapq.heappop(heap)
+
+
+def _live_heap(heap: list[_Entry], current: dict[str, int]) -> list[_Entry]:
+    live = [entry for entry in heap if current.get(entry[2]) == entry[1]]
+    heapq.heapify(live)
+    return live
