@@ -237,3 +237,68 @@ async def test_the_retry_scenario_on_the_memory_store(clock: Clock) -> None:
     scenario = RetryScenario()
     await scenario.run(store, clock=clock)
     scenario.check({job.id: job for job in store.jobs()})
+
+
+async def fail_in_a_task_group(error: Exception) -> None:
+    async def raise_it() -> None:
+        raise error
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(raise_it)
+        tg.start_soon(anyio.sleep_forever)
+
+
+async def test_fail_job_inside_the_handlers_task_group_still_decides(clock: Clock) -> None:
+    store = MemoryStore[int]()
+    await store.add_job(Job.create(1, process_after=clock(), id="grouped"))
+    ran = anyio.Event()
+
+    async def handler(job: Job[int]) -> None:
+        ran.set()
+        await fail_in_a_task_group(FailJob("not deliverable"))
+
+    with anyio.fail_after(30):
+        async with open_scheduler(store, handler, retry=QUICK, clock=clock):
+            await ran.wait()
+    job = store.get_job("grouped")
+    assert (job.status, job.attempts, job.last_error) == (JobStatus.FAILED, 1, "not deliverable")
+
+
+async def test_retry_job_inside_the_handlers_task_group_postpones(clock: Clock) -> None:
+    store = MemoryStore[int]()
+    await store.add_job(Job.create(1, process_after=clock(), id="grouped"))
+    runs: list[Job[int]] = []
+    done = anyio.Event()
+
+    async def handler(job: Job[int]) -> None:
+        runs.append(job)
+        if len(runs) == 1:
+            await fail_in_a_task_group(RetryJob("later", delay=0.05))
+        done.set()
+
+    with anyio.fail_after(30):
+        async with open_scheduler(store, handler, clock=clock):  # no policy: RetryJob decides
+            await done.wait()
+    assert [job.attempts for job in runs] == [1, 1]
+    assert store.get_job("grouped").status is JobStatus.COMPLETED
+
+
+async def test_an_ordinary_error_in_a_task_group_is_a_failed_attempt(clock: Clock) -> None:
+    store = MemoryStore[int]()
+    handler = Script(ValueError("plain"), "ok", clock=clock)
+
+    async def grouped(job: Job[int]) -> None:
+        try:
+            await handler(job)
+        except ValueError as error:
+            await fail_in_a_task_group(error)
+
+    handler_done = handler.done
+    await store.add_job(Job.create(1, process_after=clock(), id="grouped"))
+    with anyio.fail_after(30):
+        async with open_scheduler(store, grouped, retry=QUICK, clock=clock):
+            await handler_done.wait()
+    job = store.get_job("grouped")
+    assert (job.status, job.attempts) == (JobStatus.COMPLETED, 2)
+    assert handler.seen[1].last_error is not None
+    assert "ExceptionGroup" in handler.seen[1].last_error

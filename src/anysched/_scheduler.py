@@ -5,13 +5,14 @@ from __future__ import annotations
 import inspect
 import logging
 import math
+import sys
 import traceback
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from functools import partial
-from typing import Generic, TypeVar
+from typing import Generic, TypeVar, cast
 
 import anyio
 import anyio.lowlevel
@@ -23,6 +24,9 @@ from ._job import Job, JobStatus
 from ._retry import Backoff, RetryPolicy, call_store
 from ._store import JobStore, KnowsNextDueTime
 from ._time import Seconds, require_utc, to_seconds, utc_now
+
+if sys.version_info < (3, 11):
+    from exceptiongroup import ExceptionGroup
 
 T = TypeVar("T")
 
@@ -394,6 +398,7 @@ class Scheduler(Generic[T]):
         if error is None:
             logger.info("job %s completed on worker %d in %.3fs", job.id, worker, duration)
             return replace(job, status=JobStatus.COMPLETED, processed_at=now, visible_after=None)
+        error = _decisive(error)
         if isinstance(error, RetryJob):
             delay = self._retry_delay(job) if error.delay is None else error.delay
             logger.info("job %s postponed by its handler (%s); due again in %.2fs", job.id, error.reason, delay)
@@ -573,6 +578,34 @@ async def open_scheduler(
             yield scheduler
         finally:
             scheduler.shutdown()
+
+
+def _decisive(error: Exception) -> Exception:
+    """What decides a failed attempt's fate, when the handler's own task group wrapped it.
+
+    A ``FailJob`` anywhere in an exception group fails the job for good; a group of nothing
+    but ``RetryJob`` s is the first of them; anything else stays the group (a failed attempt).
+    """
+    if not isinstance(error, ExceptionGroup):
+        return error
+    group = cast("ExceptionGroup[Exception]", error)
+    leaves = _leaves(group)
+    for leaf in leaves:
+        if isinstance(leaf, FailJob):
+            return leaf
+    if all(isinstance(leaf, RetryJob) for leaf in leaves):
+        return leaves[0]
+    return group
+
+
+def _leaves(group: ExceptionGroup[Exception]) -> list[Exception]:
+    leaves: list[Exception] = []
+    for error in group.exceptions:
+        if isinstance(error, ExceptionGroup):
+            leaves += _leaves(cast("ExceptionGroup[Exception]", error))
+        else:
+            leaves.append(error)
+    return leaves
 
 
 def _describe(error: BaseException) -> str:
