@@ -230,6 +230,26 @@ async def test_a_handler_whose_lease_is_lost_is_cancelled(clock: Clock, caplog: 
     assert any("lease was lost" in r.getMessage() for r in caplog.records)
 
 
+async def test_a_renewal_stuck_when_its_handler_returns_does_not_cost_the_outcome(clock: Clock) -> None:
+    """The renewal never answers; the handler returns within the lease. The outcome's write is
+    fenced by the lease token, so it is tried (and here lands) instead of being dropped."""
+    store = WrappedStore[int]()
+    store.block["update_job"] = 1  # the first update, the renewal, never returns
+    [job] = await add_jobs(store.inner, 1, due=clock())
+    returned = anyio.Event()
+
+    async def handler(job: Job[int]) -> None:
+        await store.blocked.wait()
+        returned.set()
+
+    options = {"visibility_timeout": 0.3, "store_backoff": FAST_RETRY, "clock": clock}
+    with anyio.fail_after(30):
+        async with open_scheduler(store, handler, **options):  # type: ignore[arg-type]
+            await returned.wait()
+    assert store.inner.get_job(job.id).status is JobStatus.COMPLETED
+    assert store.calls["update_job"] == 2  # the stuck renewal, then the outcome
+
+
 async def test_a_job_that_waited_too_long_in_the_buffer_is_renewed_before_it_starts(clock: Clock) -> None:
     store = WrappedStore[int]()
     await add_jobs(store.inner, 2, due=clock())

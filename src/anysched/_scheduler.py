@@ -512,6 +512,11 @@ class Scheduler(Generic[T]):
                 await self._update(renewed, "renew lease")
                 running.job = renewed
                 return
+            if running.finished:
+                # Unconfirmed, not refused: the renewal may have landed. The outcome's write is
+                # fenced by the lease token, so it is safe to try; if the lease is gone it fails.
+                logger.debug("job %s: renewal unconfirmed at lease end; recording the outcome anyway", job.id)
+                return
             self._lose(running, "its lease expired before the store could renew it")
         except (LeaseLostError, JobNotFoundError):
             self._lose(running, "the store says its lease was lost")
