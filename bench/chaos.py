@@ -1024,6 +1024,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--instances", type=int, default=defaults.instances, help="schedulers (default: %(default)s)")
     parser.add_argument("--workers", type=int, default=defaults.workers, help="per scheduler (default: %(default)s)")
+    parser.add_argument(
+        "--buffer-size", type=int, default=defaults.buffer_size, help="per scheduler (default: workers)"
+    )
     parser.add_argument("--seed", type=int, default=defaults.seed, help="(default: %(default)s)")
     parser.add_argument(
         "--fail-rate", type=float, default=defaults.fail_rate, help="store calls that fail (default: %(default)s)"
@@ -1061,6 +1064,7 @@ def main(argv: list[str] | None = None) -> int:
             jobs=args.jobs,
             instances=args.instances,
             workers=args.workers,
+            buffer_size=args.buffer_size,
             seed=args.seed,
             fail_rate=args.fail_rate,
             store_delay=args.store_delay,
