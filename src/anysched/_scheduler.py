@@ -416,9 +416,9 @@ class Scheduler(Generic[T]):
             )
             return self._due_again(job, now, delay, message)
         logger.error(
-            "job %s failed for good on worker %d after %.3fs (attempt %d%s)",
-            *(job.id, worker, duration, job.attempts, of_budget),
-            exc_info=error,
+            "job %s failed for good on worker %d after %.3fs (attempt %d%s): %s",
+            *(job.id, worker, duration, job.attempts, of_budget, message),
+            exc_info=None if isinstance(error, FailJob) else error,  # a decision, not a crash: no traceback
         )
         return replace(job, status=JobStatus.FAILED, processed_at=now, visible_after=None, last_error=message)
 
