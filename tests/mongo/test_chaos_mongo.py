@@ -18,7 +18,7 @@ import pytest
 
 from anysched.stores.mongo import MongoStore
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.chaos]
 
 
 def _load_chaos() -> ModuleType:
