@@ -6,39 +6,22 @@ Real I/O: no mock clock, timings sized for a slow server (see ``chaos.mongo_conf
 
 from __future__ import annotations
 
-import importlib.util
 import logging
-import sys
-from pathlib import Path
-from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 import anyio
 import pytest
 
 from anysched.stores.mongo import MongoStore
+from support import load_bench_script
 
 pytestmark = [pytest.mark.anyio, pytest.mark.chaos]
-
-
-def _load_chaos() -> ModuleType:
-    """``bench/chaos.py``, which is not on ``sys.path``: loaded by file."""
-    if "anysched_bench_chaos" in sys.modules:  # loaded by the other chaos test
-        return sys.modules["anysched_bench_chaos"]
-    path = Path(__file__).resolve().parents[2] / "bench" / "chaos.py"
-    spec = importlib.util.spec_from_file_location("anysched_bench_chaos", path)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the file runs
-    spec.loader.exec_module(module)
-    return module
 
 
 if TYPE_CHECKING:
     from bench import chaos
 else:
-    chaos = _load_chaos()
+    chaos = load_bench_script("chaos")
 
 JOBS = 250
 
