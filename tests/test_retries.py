@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -302,3 +303,21 @@ async def test_an_ordinary_error_in_a_task_group_is_a_failed_attempt(clock: Cloc
     assert (job.status, job.attempts) == (JobStatus.COMPLETED, 2)
     assert handler.seen[1].last_error is not None
     assert "ExceptionGroup" in handler.seen[1].last_error
+
+
+async def test_a_store_that_does_not_count_attempts_does_not_crash_the_scheduler(clock: Clock) -> None:
+    """Giving an attempt back never goes below zero, even when a store broke the contract."""
+
+    class Uncounting(MemoryStore[int]):
+        async def fetch_pending_jobs(self, now: datetime, limit: int, visibility_timeout: timedelta) -> list[Job[int]]:
+            return [
+                replace(job, attempts=0) for job in await super().fetch_pending_jobs(now, limit, visibility_timeout)
+            ]
+
+    store = Uncounting()
+    await store.add_job(Job.create(1, process_after=clock(), id="uncounted"))
+    handler = Script(RetryJob(delay=0.01), "ok", clock=clock)
+    with anyio.fail_after(30):
+        async with open_scheduler(store, handler, clock=clock):
+            await handler.done.wait()
+    assert store.get_job("uncounted").status is JobStatus.COMPLETED

@@ -6,7 +6,14 @@ already catches ``ValueError`` or ``RuntimeError`` keeps working.
 
 from __future__ import annotations
 
+import sys
+import traceback
+from typing import cast
+
 from ._time import Seconds, to_seconds
+
+if sys.version_info < (3, 11):
+    from exceptiongroup import ExceptionGroup
 
 
 class AnyschedError(Exception):
@@ -87,3 +94,36 @@ class FailJob(AnyschedError):
 
 class JobTimeoutError(AnyschedError, TimeoutError):
     """A handler ran past its job's timeout and was cancelled; the attempt counts as failed."""
+
+
+def decisive(error: Exception) -> Exception:
+    """What decides a failed attempt's fate, when the handler's own task group wrapped it.
+
+    A ``FailJob`` anywhere in an exception group fails the job for good; a group of nothing
+    but ``RetryJob`` s is the first of them; anything else stays the group (a failed attempt).
+    """
+    if not isinstance(error, ExceptionGroup):
+        return error
+    group = cast("ExceptionGroup[Exception]", error)
+    leaves = _leaves(group)
+    for leaf in leaves:
+        if isinstance(leaf, FailJob):
+            return leaf
+    if all(isinstance(leaf, RetryJob) for leaf in leaves):
+        return leaves[0]
+    return group
+
+
+def _leaves(group: ExceptionGroup[Exception]) -> list[Exception]:
+    leaves: list[Exception] = []
+    for error in group.exceptions:
+        if isinstance(error, ExceptionGroup):
+            leaves += _leaves(cast("ExceptionGroup[Exception]", error))
+        else:
+            leaves.append(error)
+    return leaves
+
+
+def describe(error: BaseException) -> str:
+    """An error as ``last_error`` stores it: ``TypeName: message``."""
+    return "".join(traceback.format_exception_only(type(error), error)).strip()

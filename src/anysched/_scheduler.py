@@ -5,28 +5,23 @@ from __future__ import annotations
 import inspect
 import logging
 import math
-import sys
-import traceback
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from functools import partial
-from typing import Generic, TypeVar, cast
+from typing import Generic, TypeVar
 
 import anyio
 import anyio.lowlevel
 from anyio.abc import TaskGroup, TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from ._exceptions import FailJob, JobNotFoundError, JobTimeoutError, LeaseLostError, RetryJob
+from ._exceptions import FailJob, JobNotFoundError, JobTimeoutError, LeaseLostError, RetryJob, decisive, describe
 from ._job import Job, JobStatus
 from ._retry import Backoff, RetryPolicy, call_store
 from ._store import JobStore, KnowsNextDueTime
 from ._time import Seconds, require_utc, to_seconds, utc_now
-
-if sys.version_info < (3, 11):
-    from exceptiongroup import ExceptionGroup
 
 T = TypeVar("T")
 
@@ -398,13 +393,13 @@ class Scheduler(Generic[T]):
         if error is None:
             logger.info("job %s completed on worker %d in %.3fs", job.id, worker, duration)
             return replace(job, status=JobStatus.COMPLETED, processed_at=now, visible_after=None)
-        error = _decisive(error)
+        error = decisive(error)
         if isinstance(error, RetryJob):
             delay = self._retry_delay(job) if error.delay is None else error.delay
             logger.info("job %s postponed by its handler (%s); due again in %.2fs", job.id, error.reason, delay)
             # A postponement, not a failure: the attempt is given back.
-            return self._due_again(replace(job, attempts=job.attempts - 1), now, delay, error.reason)
-        message = error.reason if isinstance(error, FailJob) else _describe(error)
+            return self._due_again(replace(job, attempts=max(0, job.attempts - 1)), now, delay, error.reason)
+        message = error.reason if isinstance(error, FailJob) else describe(error)
         budget = self._max_attempts(job)
         of_budget = "" if budget is None else f" of {budget}"
         if budget is not None and job.attempts < budget and not isinstance(error, FailJob):
@@ -452,7 +447,7 @@ class Scheduler(Generic[T]):
         A job the scheduler interrupts (shutdown with ``cancel_running``, cancellation) did
         not fail, so its attempt does not count against ``max_attempts`` either.
         """
-        released = replace(job, visible_after=None, attempts=job.attempts - 1)
+        released = replace(job, visible_after=None, attempts=max(0, job.attempts - 1))
         await self._write(released, "release")
         logger.info("job %s handed back%s", job.id, " (interrupted)" if started else "")
 
@@ -583,39 +578,6 @@ async def open_scheduler(
             yield scheduler
         finally:
             scheduler.shutdown()
-
-
-def _decisive(error: Exception) -> Exception:
-    """What decides a failed attempt's fate, when the handler's own task group wrapped it.
-
-    A ``FailJob`` anywhere in an exception group fails the job for good; a group of nothing
-    but ``RetryJob`` s is the first of them; anything else stays the group (a failed attempt).
-    """
-    if not isinstance(error, ExceptionGroup):
-        return error
-    group = cast("ExceptionGroup[Exception]", error)
-    leaves = _leaves(group)
-    for leaf in leaves:
-        if isinstance(leaf, FailJob):
-            return leaf
-    if all(isinstance(leaf, RetryJob) for leaf in leaves):
-        return leaves[0]
-    return group
-
-
-def _leaves(group: ExceptionGroup[Exception]) -> list[Exception]:
-    leaves: list[Exception] = []
-    for error in group.exceptions:
-        if isinstance(error, ExceptionGroup):
-            leaves += _leaves(cast("ExceptionGroup[Exception]", error))
-        else:
-            leaves.append(error)
-    return leaves
-
-
-def _describe(error: BaseException) -> str:
-    """An error as ``last_error`` stores it: ``TypeName: message``."""
-    return "".join(traceback.format_exception_only(type(error), error)).strip()
 
 
 def _check_lease_can_be_renewed(visibility_timeout: timedelta, store_backoff: Backoff) -> None:
