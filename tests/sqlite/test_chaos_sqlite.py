@@ -1,0 +1,61 @@
+"""The chaos run (``bench/chaos.py``) on a SQLiteStore: a real file, claims in worker threads,
+three schedulers on a flaky proxy, cancelled, shut down and killed at random.
+
+Real I/O (threads): no mock clock, so timings are those of ``chaos.mongo_config`` but for the
+size, which a SQLite file takes in seconds.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import anyio
+import pytest
+
+from anysched.stores.sqlite import SQLiteStore
+from support import load_bench_script
+
+pytestmark = [pytest.mark.anyio, pytest.mark.chaos]
+
+if TYPE_CHECKING:
+    from bench import chaos
+else:
+    chaos = load_bench_script("chaos")
+
+JOBS = 1_000
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+async def test_chaos_on_sqlite_loses_no_job_and_explains_every_extra_run(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.CRITICAL, logger="anysched")
+    caplog.set_level(logging.CRITICAL, logger="stamina")
+    config = chaos.mongo_config(jobs=JOBS, store_delay=0.002, chaos_events=20)
+    with anyio.fail_after(120):
+        async with SQLiteStore(tmp_path / "chaos.db", chaos.Work) as store:
+            result = await chaos.run_chaos(config, store, store_name="sqlite")
+    print(result.table())
+
+    assert result.lost == 0, result.table()
+    assert result.unexplained == 0, result.table()
+    assert result.overlaps == 0, result.table()
+    assert result.anomalies == [], result.table()
+    assert result.completed + result.failed == JOBS
+    happened = {
+        "store failure": result.events["store failures before"] + result.events["store failures after (lost reply)"],
+        "handler error": result.run_ends["error"],
+        "job timeout": result.run_ends["timeout"],
+        "instance cancelled from outside": result.actions["cancel"],
+        "process death": result.actions["kill"] + result.actions["death by poison job"],
+        "re-run after a retry": result.extra_runs["retry"],
+        "re-run after an interruption": result.extra_runs["interrupted"],
+        "re-run after a lease expiry": result.extra_runs["lease expiry"],
+    }
+    assert [name for name, count in happened.items() if count == 0] == [], result.table()
