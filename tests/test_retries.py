@@ -321,3 +321,11 @@ async def test_a_store_that_does_not_count_attempts_does_not_crash_the_scheduler
         async with open_scheduler(store, handler, clock=clock):
             await handler.done.wait()
     assert store.get_job("uncounted").status is JobStatus.COMPLETED
+
+
+async def test_a_retry_delay_past_the_end_of_time_parks_the_job(clock: Clock) -> None:
+    store = MemoryStore[int]()
+    handler = Script(RetryJob("never mind", delay=1e13), clock=clock)  # ~300,000 years
+    job = await run_until_done(store, handler, clock)
+    assert job.status is JobStatus.PENDING
+    assert job.process_after.year == 9999

@@ -8,7 +8,7 @@ import math
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from functools import partial
 from typing import Generic, TypeVar
 
@@ -422,8 +422,12 @@ class Scheduler(Generic[T]):
 
     @staticmethod
     def _due_again(job: Job[T], now: datetime, delay: float, why: str) -> Job[T]:
-        """Pending again, due after ``delay``, lease released."""
-        return replace(job, process_after=now + timedelta(seconds=delay), visible_after=None, last_error=why)
+        """Pending again, due after ``delay`` (the end of time at most), lease released."""
+        try:
+            due = now + timedelta(seconds=delay)
+        except OverflowError:  # a delay of millennia: the job waits forever rather than crash the worker
+            due = datetime.max.replace(tzinfo=timezone.utc)
+        return replace(job, process_after=due, visible_after=None, last_error=why)
 
     async def _record(self, outcome: Job[T], worker: int) -> None:
         """Write a finished job's outcome; if cancelled meanwhile, try once more, shielded and bounded."""
