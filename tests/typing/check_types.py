@@ -11,7 +11,7 @@ from datetime import timedelta
 
 from typing_extensions import assert_type
 
-from anysched import Job, MemoryStore, Scheduler, open_scheduler
+from anysched import Backoff, FailJob, Job, MemoryStore, RetryJob, RetryPolicy, Scheduler, open_scheduler
 
 
 @dataclass(frozen=True)
@@ -62,3 +62,18 @@ def sync_handler(job: Job[Email]) -> None: ...
 
 def not_async() -> None:
     Scheduler(MemoryStore[Email](), sync_handler)  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
+
+
+async def retries_and_timeouts() -> None:
+    store = MemoryStore[Email]()
+    policy = RetryPolicy(max_attempts=5, backoff=Backoff(initial=1, maximum=timedelta(minutes=5)))
+    async with open_scheduler(store, send_email, retry=policy, job_timeout=timedelta(seconds=90)) as scheduler:
+        job = Job.create(Email("ada@example.com", "hi"), max_attempts=3, timeout=30)
+        assert_type(job, Job[Email])
+        assert_type(job.max_attempts, int | None)
+        await scheduler.add_job(job)
+    RetryJob("busy", delay=timedelta(seconds=5))
+    FailJob("gone")
+    open_scheduler(store, send_email, retry=3)  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
+    Job.create(Email("", ""), max_attempts="3")  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
+    FailJob()  # type: ignore[call-arg]  # pyright: ignore[reportCallIssue]
