@@ -479,7 +479,30 @@ class ChaosResult:
 
     @property
     def ok(self) -> bool:
-        return self.lost == 0 and self.unexplained == 0 and self.overlaps == 0 and not self.anomalies
+        return not self.violations()
+
+    def violations(self) -> list[str]:
+        """What must never happen and did: a lost job, an unexplained or overlapping run, an anomaly."""
+        problems = [f"{count} {what}" for what, count in self._must_be_zero().items() if count]
+        if self.completed + self.failed + self.lost != self.jobs:
+            problems.append(f"{self.completed} completed + {self.failed} failed + {self.lost} lost != {self.jobs}")
+        return problems + self.anomalies
+
+    def _must_be_zero(self) -> dict[str, int]:
+        return {"lost": self.lost, "unexplained": self.unexplained, "overlapping": self.overlaps}
+
+    def common_events(self) -> dict[str, int]:
+        """How often each kind of chaos every run should see happened (a test wants none at 0)."""
+        return {
+            "store failure before the store": self.events["store failures before"],
+            "store failure after it (a lost reply)": self.events["store failures after (lost reply)"],
+            "handler error": self.run_ends["error"],
+            "instance cancelled from outside": self.actions["cancel"],
+            "graceful shutdown": self.actions["shutdown"],
+            "process death": self.actions["kill"] + self.actions["death by poison job"],
+            "re-run after a retry": self.extra_runs["retry"],
+            "re-run after a lease expiry": self.extra_runs["lease expiry"],
+        }
 
     def table(self) -> str:
         histogram = "  ".join(f"{runs}: {count:,}" for runs, count in sorted(self.runs_per_job.items()))
