@@ -8,7 +8,6 @@ so it cannot pass by doing nothing.
 
 from __future__ import annotations
 
-import logging
 from typing import TYPE_CHECKING
 
 import anyio
@@ -16,7 +15,7 @@ import pytest
 
 from support import load_bench_script
 
-pytestmark = [pytest.mark.anyio, pytest.mark.chaos]
+pytestmark = [pytest.mark.anyio, pytest.mark.chaos, pytest.mark.usefixtures("quiet_logs")]
 
 
 if TYPE_CHECKING:
@@ -27,14 +26,6 @@ else:
 JOBS = 10_000
 
 
-@pytest.fixture
-def quiet(caplog: pytest.LogCaptureFixture) -> None:
-    """Tens of thousands of job and retry log lines would cost more than the run itself."""
-    caplog.set_level(logging.CRITICAL, logger="anysched")
-    caplog.set_level(logging.CRITICAL, logger="stamina")
-
-
-@pytest.mark.usefixtures("quiet")
 async def test_no_job_is_lost_and_every_extra_run_is_explained() -> None:
     config = chaos.ChaosConfig(jobs=JOBS)
     with anyio.fail_after(60):

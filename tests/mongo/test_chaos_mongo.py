@@ -6,7 +6,6 @@ Real I/O: no mock clock, timings sized for a slow server (see ``chaos.mongo_conf
 
 from __future__ import annotations
 
-import logging
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -15,7 +14,7 @@ import pytest
 from anysched.stores.mongo import MongoStore
 from support import load_bench_script
 
-pytestmark = [pytest.mark.anyio, pytest.mark.chaos]
+pytestmark = [pytest.mark.anyio, pytest.mark.chaos, pytest.mark.usefixtures("quiet_logs")]
 
 
 if TYPE_CHECKING:
@@ -32,11 +31,7 @@ def flavour(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-async def test_chaos_on_mongo_loses_no_job_and_explains_every_extra_run(
-    collection: Any, caplog: pytest.LogCaptureFixture
-) -> None:
-    caplog.set_level(logging.CRITICAL, logger="anysched")
-    caplog.set_level(logging.CRITICAL, logger="stamina")
+async def test_chaos_on_mongo_loses_no_job_and_explains_every_extra_run(collection: Any) -> None:
     config = chaos.mongo_config(jobs=JOBS)
     with anyio.fail_after(120):
         result = await chaos.run_chaos(config, MongoStore(collection, chaos.Work), store_name="mongo")

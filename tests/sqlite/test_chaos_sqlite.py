@@ -7,7 +7,6 @@ size, which a SQLite file takes in seconds.
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -17,7 +16,7 @@ import pytest
 from anysched.stores.sqlite import SQLiteStore
 from support import load_bench_script
 
-pytestmark = [pytest.mark.anyio, pytest.mark.chaos]
+pytestmark = [pytest.mark.anyio, pytest.mark.chaos, pytest.mark.usefixtures("quiet_logs")]
 
 if TYPE_CHECKING:
     from bench import chaos
@@ -32,11 +31,7 @@ def anyio_backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-async def test_chaos_on_sqlite_loses_no_job_and_explains_every_extra_run(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    caplog.set_level(logging.CRITICAL, logger="anysched")
-    caplog.set_level(logging.CRITICAL, logger="stamina")
+async def test_chaos_on_sqlite_loses_no_job_and_explains_every_extra_run(tmp_path: Path) -> None:
     config = chaos.mongo_config(jobs=JOBS, store_delay=0.002, chaos_events=20)
     with anyio.fail_after(120):
         async with SQLiteStore(tmp_path / "chaos.db", chaos.Work) as store:
