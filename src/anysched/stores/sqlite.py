@@ -377,8 +377,19 @@ class SQLiteStore(Generic[T]):
 
     def _job(self, row: Sequence[Any]) -> Job[T]:
         """The job a row (in ``_COLUMNS`` order) holds. :raises PayloadError: its payload does not decode"""
-        job_id, payload, status, process_after, visible_after, processed_at, attempts, lease, last_error, *limits = row
-        max_attempts, timeout = limits
+        (
+            job_id,
+            payload,
+            status,
+            process_after,
+            visible_after,
+            processed_at,
+            attempts,
+            lease,
+            last_error,
+            max_attempts,
+            timeout,
+        ) = row
         return Job(
             payload=self._decode(payload),
             id=job_id,
