@@ -461,9 +461,8 @@ class ChaosResult:
     events: Counter[str]
     long_runs_renewed: int
     dropped_outcomes: int
-    """Runs whose outcome the scheduler did not write because a renewal of their lease was still
-    unconfirmed when they ended and its deadline passed (the lease counts as lost; the job runs
-    again once it expires)."""
+    """Runs that ended while a renewal of their lease went unanswered, and whose outcome the store
+    then refused: the lease had really expired (the job runs again, a lease-expiry re-run)."""
     finished_in_drain: int
     elapsed: float
     """Event-loop seconds (virtual on trio's mock clock)."""
@@ -533,7 +532,7 @@ class ChaosResult:
             ("other anomalies (must be 0)", f"{len(self.anomalies):,}"),
             ("runs ended", ends),
             ("long runs renewed, run once", f"{self.long_runs_renewed:,}"),
-            ("outcomes dropped, renewal unconfirmed", f"{self.dropped_outcomes:,}"),
+            ("outcomes refused, lease expired mid-renewal", f"{self.dropped_outcomes:,}"),
             ("instance events", actions),
             ("store chaos", store),
             ("finished in the drain", f"{self.finished_in_drain:,}"),
