@@ -250,6 +250,31 @@ async def test_a_renewal_stuck_when_its_handler_returns_does_not_cost_the_outcom
     assert store.calls["update_job"] == 2  # the stuck renewal, then the outcome
 
 
+async def test_a_handler_that_ends_on_its_own_past_an_unanswered_renewal_has_its_outcome_written(
+    clock: Clock,
+) -> None:
+    """The renewal never answers and the lease runs out, so the handler is cancelled; but it is in a
+    shielded section and returns by itself. It has a result: the write, fenced by the lease token,
+    lands (nobody else claimed the job) instead of the job running again."""
+    store = WrappedStore[int]()
+    store.block["update_job"] = 1  # the first update, the renewal, never returns
+    [job] = await add_jobs(store.inner, 1, due=clock())
+    returned = anyio.Event()
+
+    async def handler(job: Job[int]) -> None:
+        with anyio.CancelScope(shield=True):
+            await store.blocked.wait()
+            await anyio.sleep(0.4)  # past the lease's end (0.3 s)
+        returned.set()
+
+    options = {"visibility_timeout": 0.3, "store_backoff": FAST_RETRY, "clock": clock}
+    with anyio.fail_after(30):
+        async with open_scheduler(store, handler, **options):  # type: ignore[arg-type]
+            await returned.wait()
+    stored = store.inner.get_job(job.id)
+    assert (stored.status, stored.attempts) == (JobStatus.COMPLETED, 1)  # recorded, never claimed again
+
+
 async def test_a_job_that_waited_too_long_in_the_buffer_is_renewed_before_it_starts(clock: Clock) -> None:
     store = WrappedStore[int]()
     await add_jobs(store.inner, 2, due=clock())

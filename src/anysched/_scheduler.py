@@ -49,6 +49,7 @@ class _Running(Generic[T]):
     renewing: anyio.Event | None = None
     finished: bool = False
     lost: bool = False
+    """The store refused a renewal: someone else may own the job, so its outcome is not written."""
 
 
 class Scheduler(Generic[T]):
@@ -375,7 +376,7 @@ class Scheduler(Generic[T]):
                     await running.renewing.wait()
             self._running.discard(running)
         duration = anyio.current_time() - begin
-        if running.lost:
+        if running.lost or running.scope.cancelled_caught:  # refused, or cut off before it had a result
             logger.warning("job %s on worker %d: lease lost after %.3fs; result not recorded", job.id, worker, duration)
             return None
         return self._outcome(running.job, worker, duration, error)
@@ -511,22 +512,27 @@ class Scheduler(Generic[T]):
                 await self._update(renewed, "renew lease")
                 running.job = renewed
                 return
-            if running.finished:
-                # Unconfirmed, not refused: the renewal may have landed. The outcome's write is
-                # fenced by the lease token, so it is safe to try; if the lease is gone it fails.
-                logger.debug("job %s: renewal unconfirmed at lease end; recording the outcome anyway", job.id)
-                return
-            self._lose(running, "its lease expired before the store could renew it")
+            self._lose(running, "its lease expired before the store could renew it", refused=False)
         except (LeaseLostError, JobNotFoundError):
-            self._lose(running, "the store says its lease was lost")
+            self._lose(running, "the store says its lease was lost", refused=True)
         finally:
             assert running.renewing is not None
             running.renewing.set()
             running.renewing = None
 
-    def _lose(self, running: _Running[T], why: str) -> None:
+    def _lose(self, running: _Running[T], why: str, *, refused: bool) -> None:
+        """Stop a handler whose lease may be gone.
+
+        Only a refusal by the store is certain. A renewal that went unanswered until the lease
+        ended may have landed; a handler that ends on its own before its cancellation arrives
+        still has its outcome written, fenced by the lease token, so it lands only if the
+        lease is still ours.
+        """
+        running.lost = running.lost or refused
+        if running.finished:
+            logger.debug("job %s: lease in doubt after its handler ended: %s", running.job.id, why)
+            return
         logger.warning("job %s on worker %d: cancelling the handler: %s", running.job.id, running.worker, why)
-        running.lost = True
         running.scope.cancel()
 
     # -- helpers -------------------------------------------------------------------------------
