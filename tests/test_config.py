@@ -74,10 +74,10 @@ def test_bad_retry_policy(options: dict[str, Any], error: type[Exception], messa
         RetryPolicy(**options)
 
 
-def test_retry_delays_double_up_to_the_cap_plus_jitter() -> None:
+def test_retry_delays_double_plus_jitter_up_to_the_cap() -> None:
     policy = RetryPolicy(backoff=Backoff(initial=1, maximum=8, jitter=0.5))
     for attempt, base in [(1, 1), (2, 2), (3, 4), (4, 8), (5, 8), (5000, 8)]:
-        assert base <= policy.delay(attempt) <= base + 0.5
+        assert base <= policy.delay(attempt) <= min(8, base + 0.5)
 
 
 def test_retry_job_and_fail_job_carry_their_reason() -> None:
@@ -136,7 +136,20 @@ def test_bad_backoff(options: dict[str, Any], message: str) -> None:
 
 def test_backoff_doubles_up_to_its_cap() -> None:
     backoff = Backoff(initial=0.1, maximum=1.0)
-    assert [backoff.delay(n) for n in range(1, 7)] == pytest.approx([0.1, 0.2, 0.4, 0.8, 1.0, 1.0])
+    assert [backoff.delay(n) for n in range(1, 7)] == pytest.approx([0.1, 0.2, 0.4, 0.8, 1.0, 1.0], abs=0.1)
+    exact = Backoff(initial=0.1, maximum=1.0, jitter=0)
+    assert [exact.delay(n) for n in range(1, 7)] == pytest.approx([0.1, 0.2, 0.4, 0.8, 1.0, 1.0])
+
+
+def test_backoff_jitter_is_inside_the_cap_as_in_stamina() -> None:
+    """One meaning everywhere: ``min(maximum, initial * 2 ** (n - 1) + jitter)``, the first retry included."""
+    backoff = Backoff(initial=1.0, maximum=4.0, jitter=0.5)
+    first = {backoff.delay(1) for _ in range(200)}
+    assert min(first) >= 1.0
+    assert max(first) <= 1.5
+    assert len(first) > 1  # the first retry has jitter too
+    assert {backoff.delay(3) for _ in range(200)} == {4.0}  # 4 + jitter, capped at 4
+    assert all(2.0 <= backoff.delay(2) <= 2.5 for _ in range(200))
     assert Backoff(initial=timedelta(seconds=1), maximum=timedelta(seconds=4)).delay(5) == 4.0
 
 

@@ -13,7 +13,7 @@ from typing import cast
 from ._time import Seconds, to_seconds
 
 if sys.version_info < (3, 11):
-    from exceptiongroup import ExceptionGroup
+    from exceptiongroup import BaseExceptionGroup
 
 
 class AnyschedError(Exception):
@@ -96,15 +96,15 @@ class JobTimeoutError(AnyschedError, TimeoutError):
     """A handler ran past its job's timeout and was cancelled; the attempt counts as failed."""
 
 
-def decisive(error: Exception) -> Exception:
+def decisive(error: BaseException) -> BaseException:
     """What decides a failed attempt's fate, when the handler's own task group wrapped it.
 
     A ``FailJob`` anywhere in an exception group fails the job for good; a group of nothing
     but ``RetryJob`` s is the first of them; anything else stays the group (a failed attempt).
     """
-    if not isinstance(error, ExceptionGroup):
+    if not isinstance(error, BaseExceptionGroup):
         return error
-    group = cast("ExceptionGroup[Exception]", error)
+    group = cast("BaseExceptionGroup[BaseException]", error)
     leaves = _leaves(group)
     for leaf in leaves:
         if isinstance(leaf, FailJob):
@@ -114,11 +114,11 @@ def decisive(error: Exception) -> Exception:
     return group
 
 
-def _leaves(group: ExceptionGroup[Exception]) -> list[Exception]:
-    leaves: list[Exception] = []
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    leaves: list[BaseException] = []
     for error in group.exceptions:
-        if isinstance(error, ExceptionGroup):
-            leaves += _leaves(cast("ExceptionGroup[Exception]", error))
+        if isinstance(error, BaseExceptionGroup):
+            leaves += _leaves(cast("BaseExceptionGroup[BaseException]", error))
         else:
             leaves.append(error)
     return leaves

@@ -124,6 +124,33 @@ class Job(Generic[T]):
             timeout=None if timeout is None else to_seconds("timeout", timeout),
         )
 
+    @property
+    def claimable_at(self) -> datetime | None:
+        """When a store may next hand this job out: its due time, or its lease's end if later.
+
+        ``None`` for a finished (completed or failed) job, which is never claimed again.
+        """
+        if self.status is not JobStatus.PENDING:
+            return None
+        if self.visible_after is not None and self.visible_after > self.process_after:
+            return self.visible_after
+        return self.process_after
+
+    def accepts_write_fenced_by(self, lease: str | None) -> bool:
+        """Whether a store may apply an update fenced by ``lease`` to this, the stored job.
+
+        Only while the lease is held: the job is pending, leased (``visible_after`` set) and
+        carries this token. An outcome (completed, failed, a retry's or a release's
+        ``visible_after=None``) ends the lease, so a write sent earlier with the same token (a
+        renewal abandoned in a worker thread, a late reply) can never land after it.
+        """
+        return (
+            lease is not None
+            and self.lease == lease
+            and self.status is JobStatus.PENDING
+            and self.visible_after is not None
+        )
+
     def is_due(self, now: datetime) -> bool:
         """Whether a store may hand this job out at ``now``: pending, due and not leased."""
         return (

@@ -6,7 +6,7 @@ import logging
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Generic, TypeVar
 
 import anyio
 import stamina
@@ -29,10 +29,12 @@ def is_transient(error: Exception) -> bool:
 
 @dataclass(frozen=True)
 class Backoff:
-    """Exponential backoff: ``initial``, doubling each time, capped at ``maximum``, plus up
-    to ``jitter`` seconds of random delay so that many workers do not retry in step.
+    """Exponential backoff with jitter, in stamina's meaning, used for every retry anysched makes.
 
-    The default is go-sched's policy: 100 ms doubling up to 5 s.
+    The delay before retry *n* (1-based) is ``initial * 2 ** (n - 1)`` plus a random jitter of
+    up to ``jitter`` seconds (so that many workers do not retry in step), the sum capped at
+    ``maximum``. The default is go-sched's policy: 100 ms doubling up to 5 s, with up to 100 ms
+    of jitter.
     """
 
     initial: Seconds = 0.1
@@ -47,9 +49,11 @@ class Backoff:
             raise ValueError(f"maximum ({self.maximum!r}) must be >= initial ({self.initial!r})")
 
     def delay(self, attempt: int) -> float:
-        """The delay before retry number ``attempt`` (1-based), without jitter."""
+        """Seconds to wait before retry number ``attempt`` (1-based), jitter included."""
         initial, maximum = to_seconds("initial", self.initial), to_seconds("maximum", self.maximum)
-        return min(maximum, initial * 2.0 ** min(attempt - 1, 64))  # no float overflow at attempt 1025
+        jitter = to_seconds("jitter", self.jitter, allow_zero=True)
+        exponential = initial * 2.0 ** min(attempt - 1, 64)  # no float overflow at attempt 1025
+        return min(maximum, exponential + (random.uniform(0.0, jitter) if jitter else 0.0))
 
 
 @dataclass(frozen=True)
@@ -63,8 +67,8 @@ class RetryPolicy:
     attempt (a job that kills its process every time) is failed without running.
 
     :param max_attempts: attempts per job, the first one included (``1``: no retries)
-    :param backoff: the delay before retry *n* is ``backoff.initial * 2 ** (n - 1)``,
-        capped at ``backoff.maximum``, plus up to ``backoff.jitter`` seconds
+    :param backoff: the delay before retry *n* is ``backoff.initial * 2 ** (n - 1)`` plus up
+        to ``backoff.jitter`` seconds, capped at ``backoff.maximum`` (see :class:`Backoff`)
     """
 
     max_attempts: int = 3
@@ -77,9 +81,21 @@ class RetryPolicy:
             raise TypeError(f"backoff must be an anysched.Backoff, not {type(self.backoff).__name__}")
 
     def delay(self, attempt: int) -> float:
-        """Seconds to wait after failed attempt ``attempt`` (1-based), jitter included."""
-        jitter = to_seconds("jitter", self.backoff.jitter, allow_zero=True)
-        return self.backoff.delay(attempt) + random.uniform(0.0, jitter)
+        """Seconds to wait after failed attempt ``attempt`` (1-based): ``backoff.delay(attempt)``."""
+        return self.backoff.delay(attempt)
+
+
+class CountedCall(Generic[R]):
+    """A store call that counts how often it was made: when a retry is refused, an earlier
+    attempt whose reply was lost may have landed (an insert, an outcome that ended its lease)."""
+
+    def __init__(self, call: Callable[[], Awaitable[R]]) -> None:
+        self._call = call
+        self.count = 0
+
+    def __call__(self) -> Awaitable[R]:
+        self.count += 1
+        return self._call()
 
 
 async def call_store(operation: str, job_id: str | None, call: Callable[[], Awaitable[R]], backoff: Backoff) -> R:
@@ -87,20 +103,22 @@ async def call_store(operation: str, job_id: str | None, call: Callable[[], Awai
 
     The first attempt runs bare: stamina's machinery costs tens of microseconds a call,
     too much for a hot path whose store calls almost always succeed. Only after a
-    transient failure does the stamina loop take over.
+    transient failure does the stamina loop take over, with the same backoff: its wait
+    before its attempt *k* (our retry *k + 1*) is ``Backoff.delay(k + 1)``.
     """
     try:
         return await call()
     except Exception as error:
         if not is_transient(error):
             raise
-        _log_retry(operation, job_id, error, 1, backoff.delay(1))
-    await anyio.sleep(backoff.delay(1))
+        wait = backoff.delay(1)
+        _log_retry(operation, job_id, error, 1, wait)
+    await anyio.sleep(wait)
     async for attempt in stamina.retry_context(
         on=is_transient,
         attempts=None,
         timeout=None,
-        wait_initial=backoff.delay(2),
+        wait_initial=2 * to_seconds("initial", backoff.initial),
         wait_max=backoff.maximum,
         wait_jitter=backoff.jitter,
         wait_exp_base=2,

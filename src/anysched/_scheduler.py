@@ -5,21 +5,25 @@ from __future__ import annotations
 import inspect
 import logging
 import math
-from collections.abc import AsyncGenerator, Awaitable, Callable
-from contextlib import asynccontextmanager
-from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta, timezone
+from collections.abc import AsyncGenerator, Awaitable, Callable, Generator
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
 from functools import partial
-from typing import Generic, TypeVar
+from typing import Generic, NoReturn, TypeVar
 
 import anyio
 import anyio.lowlevel
 from anyio.abc import TaskGroup, TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from ._exceptions import FailJob, JobNotFoundError, JobTimeoutError, LeaseLostError, RetryJob, decisive, describe
-from ._job import Job, JobStatus
-from ._retry import Backoff, RetryPolicy, call_store
+from ._adding import add_job_once
+from ._cancellation import being_cancelled, is_control_flow
+from ._exceptions import JobNotFoundError, JobTimeoutError, LeaseLostError
+from ._job import Job
+from ._lease import RENEW_WHEN_REMAINING, Held
+from ._outcome import Outcome, decide, out_of_attempts
+from ._retry import Backoff, CountedCall, RetryPolicy, call_store
 from ._store import JobStore, KnowsNextDueTime
 from ._time import Seconds, require_utc, to_seconds, utc_now
 
@@ -31,25 +35,25 @@ Handler = Callable[[Job[T]], Awaitable[object]]
 
 logger = logging.getLogger("anysched")
 
-RENEW_WHEN_REMAINING = 2 / 3
-"""Renew a running job's lease once a third of the visibility timeout has passed, so two
-renewals can fail before the lease runs out."""
-
-DEFAULT_RETRY = RetryPolicy()
-"""The backoff for a job that sets its own ``max_attempts`` on a scheduler without a policy."""
+CLOCK_STEP_WARNING = 1.0
+"""Seconds by which the wall clock may drift from the monotonic clock between two lease-keeper
+rounds before the scheduler says, once per step, that the wall clock stepped."""
 
 
-@dataclass(eq=False)
-class _Running(Generic[T]):
-    """A job whose handler is running, as the lease keeper sees it."""
+@dataclass(frozen=True)
+class SchedulerStatistics:
+    """What a scheduler holds right now (:meth:`Scheduler.statistics`).
 
-    job: Job[T]
-    worker: int
-    scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
-    renewing: anyio.Event | None = None
-    finished: bool = False
-    lost: bool = False
-    """The store refused a renewal: someone else may own the job, so its outcome is not written."""
+    :param held: leased jobs not yet finished or handed back (buffered, running, or being written)
+    :param buffered: leased jobs waiting in the stream for a free worker
+    :param running: handlers running
+    :param renewing: lease renewals in flight
+    """
+
+    held: int
+    buffered: int
+    running: int
+    renewing: int
 
 
 class Scheduler(Generic[T]):
@@ -68,8 +72,8 @@ class Scheduler(Generic[T]):
         store knows its next due time or a job is added through this scheduler)
     :param visibility_timeout: how long a lease lasts; running jobs renew theirs, so this
         only matters when a process dies
-    :param shutdown_timeout: the bound on the shielded clean-up that hands leased jobs back
-        on shutdown or cancellation
+    :param shutdown_timeout: the bound on each store write once the scheduler is stopping
+        (outcomes of handlers that finish, and the shielded hand-back of leased jobs)
     :param buffer_size: how many leased jobs may wait for a free worker (default: ``workers``)
     :param store_backoff: the backoff between retries of a failed store call
     :param retry: how failed jobs are retried (attempts and backoff). ``None``, the default,
@@ -79,8 +83,8 @@ class Scheduler(Generic[T]):
     :param job_timeout: how long a handler may run before it is cancelled and the attempt
         fails with :class:`JobTimeoutError` (``None``: no limit). A job's own ``timeout``
         overrides it. It may exceed ``visibility_timeout``: leases are renewed.
-    :param clock: returns the current time (timezone-aware); tests pass one that follows
-        the event loop's clock
+    :param clock: returns the current wall-clock time (timezone-aware), for what is stored;
+        renewals and deadlines run on the event loop's monotonic clock
     """
 
     def __init__(
@@ -119,7 +123,7 @@ class Scheduler(Generic[T]):
             raise TypeError("clock must be a callable returning a timezone-aware datetime")
         self._clock = clock
         self._next_due_time = store.next_due_time if isinstance(store, KnowsNextDueTime) else None
-        self._running: set[_Running[T]] = set()
+        self._running: set[Held[T]] = set()
         self._stopping = False
         self._started = False
         self._waiting_for_space = False
@@ -128,9 +132,16 @@ class Scheduler(Generic[T]):
         workers + buffer_size; the fetcher leases exactly the difference. Counted here rather
         than read off the stream, whose statistics miss a job handed to a worker that has not
         resumed yet."""
+        self._idle_claims = 0
+        """Claims in a row that found nothing although the store said a job was due: a store
+        whose next due time is wrong must not make the fetcher spin."""
+        self._bounded: set[anyio.CancelScope] = set()
+        """Scopes of store writes that shutdown bounds by ``shutdown_timeout``."""
         self._nudge: anyio.Event | None = None
         self._stopped: anyio.Event | None = None
         self._scope: anyio.CancelScope | None = None
+        self._fetch_scope: anyio.CancelScope | None = None
+        self._buffer: MemoryObjectReceiveStream[Held[T]] | None = None
 
     # -- public API ------------------------------------------------------------------------
 
@@ -144,29 +155,39 @@ class Scheduler(Generic[T]):
             raise RuntimeError("this scheduler has already been started; create a new one")
         self._started = True
         self._nudge, self._stopped = anyio.Event(), anyio.Event()
+        self._fetch_scope = anyio.CancelScope()
+        if self._stopping:  # shut down before it ran: start nothing new
+            self._fetch_scope.cancel()
         # Room for every job the scheduler may hold, so send_nowait never blocks.
-        send, receive = anyio.create_memory_object_stream[Job[T]](self._workers + self._buffer_size)
+        send, receive = anyio.create_memory_object_stream[Held[T]](self._workers + self._buffer_size)
+        self._buffer = receive
         try:
             with anyio.CancelScope() as self._scope:
                 await self._run_tasks(send, receive, task_status)
         finally:
-            await self._release_buffered(receive)
-            receive.close()
-            self._stopped.set()
-            logger.info("scheduler stopped")
+            try:
+                await self._hand_back(_drain(receive), started=False)  # none left, unless a task failed
+            finally:
+                receive.close()
+                self._stopped.set()
+                logger.info("scheduler stopped")
 
     def shutdown(self, *, cancel_running: bool = False) -> None:
         """Stop fetching, let running handlers finish, hand unstarted jobs back.
 
         Returns at once; the scheduler's ``run`` (or ``open_scheduler`` block) returns when
-        the handlers are done. With ``cancel_running=True`` running handlers are cancelled
-        too and their jobs handed back.
+        the handlers are done, and from then on within ``shutdown_timeout`` whatever the store
+        does. With ``cancel_running=True`` running handlers are cancelled too and their jobs
+        handed back.
         """
         if not self._stopping:
             logger.info("scheduler shutting down: letting %d running job(s) finish", len(self._running))
         self._stopping = True
-        if self._nudge is not None:
-            self._nudge.set()
+        if self._fetch_scope is not None:  # a claim that hangs or is being retried must not hold the stop up
+            self._fetch_scope.cancel()
+        deadline = anyio.current_time() + self._shutdown_timeout if self._started else math.inf
+        for scope in self._bounded:
+            scope.deadline = min(scope.deadline, deadline)
         if cancel_running and self._scope is not None:
             self._scope.cancel()
 
@@ -179,17 +200,26 @@ class Scheduler(Generic[T]):
     async def add_job(self, job: Job[T]) -> None:
         """Add a job to the store and wake the fetcher so a due job starts at once.
 
-        :raises DuplicateJobError: a job with this id exists
+        A transient store error is retried; a retry that finds the job its lost attempt added
+        succeeds.
+
+        :raises DuplicateJobError: another job with this id exists
         """
-        await call_store("add_job", job.id, lambda: self._store.add_job(job), self._backoff)
+        await add_job_once(self._store, job, self._backoff)
         self._wake_fetcher()
+
+    def statistics(self) -> SchedulerStatistics:
+        """How many jobs the scheduler holds, buffers and runs, and renewals in flight."""
+        buffered = 0 if self._buffer is None else self._buffer.statistics().current_buffer_used
+        renewing = sum(1 for held in self._running if held.renewal is not None)
+        return SchedulerStatistics(self._held, buffered, len(self._running), renewing)
 
     # -- the task group ----------------------------------------------------------------------
 
     async def _run_tasks(
         self,
-        send: MemoryObjectSendStream[Job[T]],
-        receive: MemoryObjectReceiveStream[Job[T]],
+        send: MemoryObjectSendStream[Held[T]],
+        receive: MemoryObjectReceiveStream[Held[T]],
         task_status: TaskStatus[Scheduler[T]],
     ) -> None:
         async with anyio.create_task_group() as outer:
@@ -197,47 +227,62 @@ class Scheduler(Generic[T]):
             async with anyio.create_task_group() as tg:
                 for worker in range(self._workers):
                     tg.start_soon(self._work, receive.clone(), worker, name=f"anysched-worker-{worker}")
-                tg.start_soon(self._fetch, send, name="anysched-fetcher")
+                tg.start_soon(self._fetch, send, receive.clone(), name="anysched-fetcher")
                 logger.info("scheduler started with %d worker(s)", self._workers)
                 task_status.started(self)
             outer.cancel_scope.cancel()  # every worker is done: no lease left to keep
 
     # -- the fetcher -------------------------------------------------------------------------
 
-    async def _fetch(self, send: MemoryObjectSendStream[Job[T]]) -> None:
+    async def _fetch(self, send: MemoryObjectSendStream[Held[T]], buffer: MemoryObjectReceiveStream[Held[T]]) -> None:
         """Lease as many jobs as there is room for (idle workers plus buffer) and send them.
 
         No polling: with no room it waits for a worker to finish a job; with nothing due it
-        sleeps until the next due time, a job added through the scheduler, or shutdown.
+        sleeps until the next due time, a job added through the scheduler, or shutdown. When
+        it stops, it hands back what still waits in the buffer at once: nobody will run it.
         """
-        async with send:
-            while not self._stopping:
-                self._nudge = anyio.Event()  # a nudge from now on ends the next wait at once
-                free = self._workers + self._buffer_size - self._held
-                if free == 0:
-                    await self._wait(None, for_space=True)
-                    continue
-                jobs = await call_store("fetch_pending_jobs", None, partial(self._claim, free), self._backoff)
-                if len(jobs) > free:
-                    jobs = await self._hand_back_excess(jobs, free)
-                self._held += len(jobs)
-                for job in jobs:
-                    send.send_nowait(job)
-                if len(jobs) < free and not self._stopping:
-                    await self._wait(await self._idle_delay(), for_space=False)
+        assert self._fetch_scope is not None
+        try:
+            with self._fetch_scope:
+                while not self._stopping:
+                    await self._fetch_once(send)
+        finally:
+            unstarted = _drain(buffer)  # before closing: no worker can take them meanwhile
+            buffer.close()
+            send.close()
+            await self._hand_back(unstarted, started=False)
+
+    async def _fetch_once(self, send: MemoryObjectSendStream[Held[T]]) -> None:
+        self._nudge = anyio.Event()  # a nudge from now on ends the next wait at once
+        free = self._workers + self._buffer_size - self._held
+        if free == 0:
+            await self._wait(None, for_space=True)
+            return
+        anchor = anyio.current_time()  # before the claim: the lease cannot end earlier than this says
+        jobs = await call_store("fetch_pending_jobs", None, partial(self._claim, free), self._backoff)
+        if len(jobs) > free:
+            jobs = await self._hand_back_excess(jobs, free)
+        self._held += len(jobs)
+        for job in jobs:
+            send.send_nowait(Held(job, anchor))
+        if len(jobs) < free and not self._stopping:
+            await self._wait(await self._idle_delay(found=len(jobs)), for_space=False)
 
     async def _hand_back_excess(self, jobs: list[Job[T]], limit: int) -> list[Job[T]]:
         """A store that breaks the contract by returning more than ``limit`` jobs loses none."""
         logger.error("the store returned %d jobs for a limit of %d; handing the rest back", len(jobs), limit)
-        for job in jobs[limit:]:
-            await self._hand_back(job, started=False)
+        await self._hand_back([Held(job, anyio.current_time()) for job in jobs[limit:]], started=False)
         return jobs[:limit]
 
     def _claim(self, limit: int) -> Awaitable[list[Job[T]]]:
         return self._store.fetch_pending_jobs(self._now(), limit, self._visibility_timeout)
 
-    async def _idle_delay(self) -> float:
-        """Sleep ``fetch_interval``, or less if the store knows when its next job is due."""
+    async def _idle_delay(self, *, found: int) -> float:
+        """Sleep ``fetch_interval``, or less if the store knows when its next job is due.
+
+        A store that says a job is due, yet whose claims keep finding none, gets a wait that
+        doubles from a millisecond: the fetcher never spins.
+        """
         if self._next_due_time is None:
             return self._fetch_interval
         try:
@@ -247,38 +292,23 @@ class Scheduler(Generic[T]):
             return self._fetch_interval
         if due is None:
             return self._fetch_interval
-        return max(0.0, min(self._fetch_interval, (due - self._now()).total_seconds()))
+        delay = min(self._fetch_interval, (due - self._now()).total_seconds())
+        self._idle_claims = self._idle_claims + 1 if delay <= 0 and found == 0 else 0
+        floor = 0.0 if self._idle_claims == 0 else 0.001 * 2.0 ** min(self._idle_claims - 1, 20)
+        return min(self._fetch_interval, max(delay, floor))
 
     async def _wait(self, seconds: float | None, *, for_space: bool) -> None:
         """Wait for a nudge (a worker finished a job, a job was added, shutdown) or ``seconds``."""
         assert self._nudge is not None
         self._waiting_for_space = for_space
-        with anyio.move_on_after(math.inf if seconds is None else seconds):
-            await self._nudge.wait()
-        self._waiting_for_space = False
-
-    # -- the workers -------------------------------------------------------------------------
-
-    async def _work(self, receive: MemoryObjectReceiveStream[Job[T]], worker: int) -> None:
-        with receive:
-            while True:
-                try:
-                    job = receive.receive_nowait()
-                except anyio.WouldBlock:
-                    try:
-                        job = await receive.receive()
-                    except anyio.EndOfStream:
-                        return
-                except anyio.EndOfStream:
-                    return
-                try:
-                    await self._process(job, worker)
-                finally:
-                    self._held -= 1
-                self._make_room()
-                # A handler and a store that never await would otherwise let this loop
-                # starve every other task: yield once per job.
-                await anyio.lowlevel.checkpoint()
+        try:
+            if seconds is None:
+                await self._nudge.wait()
+            else:
+                with anyio.move_on_after(seconds):
+                    await self._nudge.wait()
+        finally:
+            self._waiting_for_space = False
 
     def _wake_fetcher(self) -> None:
         """End the fetcher's idle sleep, so it looks again for the next due time."""
@@ -291,177 +321,190 @@ class Scheduler(Generic[T]):
             assert self._nudge is not None
             self._nudge.set()
 
-    async def _process(self, job: Job[T], worker: int) -> None:
-        """Run one job and record its outcome; on any interruption, hand the job back."""
+    # -- the workers -------------------------------------------------------------------------
+
+    async def _work(self, receive: MemoryObjectReceiveStream[Held[T]], worker: int) -> None:
+        with receive:
+            while not self._stopping:
+                try:
+                    held = receive.receive_nowait()
+                except anyio.WouldBlock:
+                    try:
+                        held = await receive.receive()
+                    except anyio.EndOfStream:
+                        return
+                except anyio.EndOfStream:
+                    return
+                try:
+                    await self._process(held, worker)
+                finally:
+                    self._held -= 1
+                self._make_room()
+                # A handler and a store that never await would otherwise let this loop
+                # starve every other task: yield once per job.
+                await anyio.lowlevel.checkpoint()
+
+    async def _process(self, held: Held[T], worker: int) -> None:
+        """Run one job and record its outcome; on our own cancellation, hand the job back."""
+        if self._stopping:  # taken from the stream just before the fetcher stopped
+            await self._hand_back([held], started=False)
+            return
+        held.worker = worker
         started = False
         try:
-            if self._stopping:
-                await self._hand_back(job, started=False)
-                return
-            outcome = self._out_of_attempts(job)
-            if outcome is None:
-                fresh = await self._fresh_lease(job)
-                if fresh is None:
+            outcome = out_of_attempts(held.job, self._retry, self._now())
+            if outcome is not None:
+                logger.error("job %s: %s", held.job.id, outcome.message)
+            else:
+                if not await self._fresh_lease(held):
                     return
                 started = True
-                outcome = await self._run_handler(fresh, worker)
+                outcome = await self._run_handler(held)
         except BaseException:
-            await self._shielded_hand_back([job], started=started)
+            await self._hand_back([held], started=started)
             raise
         if outcome is not None:
             await self._record(outcome, worker)
-            if outcome.status is JobStatus.PENDING:  # a retry: the fetcher may sleep past its due time
+            if outcome.kind in ("retry", "postponed"):  # the fetcher may sleep past its new due time
                 self._wake_fetcher()
 
-    def _out_of_attempts(self, job: Job[T]) -> Job[T] | None:
-        """The job failed for good, if this claim is beyond its last attempt; else ``None``.
-
-        Attempts are counted at claim, so only a job whose earlier attempts never reported
-        an outcome (their process died, their lease expired) gets here: a poison job.
-        """
-        budget = self._max_attempts(job)
-        if budget is None or job.attempts <= budget:
-            return None
-        message = (
-            f"gave up after {budget} attempt(s): the last ended without an outcome "
-            "(its process died or its lease expired)"
-        )
-        if job.last_error is not None:
-            message += f"; last error: {job.last_error}"
-        logger.error("job %s: %s", job.id, message)
-        return replace(job, status=JobStatus.FAILED, processed_at=self._now(), visible_after=None, last_error=message)
-
-    def _max_attempts(self, job: Job[T]) -> int | None:
-        if job.max_attempts is not None:
-            return job.max_attempts
-        return None if self._retry is None else self._retry.max_attempts
-
-    async def _fresh_lease(self, job: Job[T]) -> Job[T] | None:
-        """The job with a lease that will outlast the first renewal, or ``None`` if it is lost.
+    async def _fresh_lease(self, held: Held[T]) -> bool:
+        """Whether the job's lease will outlast the first renewal (renewing it if need be).
 
         A job that waited in the buffer may be near its lease's end; renewing it first
         means the handler never starts on a job someone else may already have claimed.
         """
-        if self._lease_remaining(job) >= RENEW_WHEN_REMAINING:
-            return job
-        renewed = replace(job, visible_after=self._now() + self._visibility_timeout)
+        if held.lease_left(self._visibility_timeout) >= RENEW_WHEN_REMAINING:
+            return True
+        now = anyio.current_time()
+        renewed = held.renewed(now, self._visibility_timeout, self._now())
         try:
             await self._update(renewed, "renew lease")
         except (LeaseLostError, JobNotFoundError):
-            logger.warning("job %s: lease lost while it waited for a worker; not running it", job.id)
-            return None
-        return renewed
+            logger.warning("job %s: lease lost while it waited for a worker; not running it", held.job.id)
+            return False
+        held.job, held.anchor = renewed, now
+        return True
 
-    async def _run_handler(self, job: Job[T], worker: int) -> Job[T] | None:
-        """Await the handler; return the job's new state, or ``None`` when the lease was lost."""
-        running = _Running(job, worker)
-        self._running.add(running)
-        logger.debug("job %s started on worker %d (attempt %d)", job.id, worker, job.attempts)
-        begin = anyio.current_time()
-        error: Exception | None = None
+    async def _run_handler(self, held: Held[T]) -> Outcome[T] | None:
+        """Await the handler under its scope; the job's next state, or ``None`` if nothing may be written.
+
+        Whatever the handler raises is this attempt's failure, except the scheduler's own
+        cancellation (shutdown with ``cancel_running``, a cancel from outside), which
+        propagates so that the job is handed back.
+        """
+        job, worker = held.job, held.worker
         timeout = self._job_timeout if job.timeout is None else job.timeout
+        begin = anyio.current_time()
+        if timeout is not None:
+            held.scope.deadline = begin + timeout
+        self._running.add(held)
+        logger.debug("job %s started on worker %d (attempt %d)", job.id, worker, job.attempts)
+        error: BaseException | None = None
         try:
-            with running.scope:
-                try:
-                    if timeout is None:
-                        await self._handler(job)
-                    else:
-                        error = await self._run_with_timeout(job, timeout)
-                except Exception as exc:
-                    error = exc
+            with held.scope:
+                await self._handler(job)
+        except BaseException as raised:
+            if is_control_flow(raised) or being_cancelled():
+                await self._reraise_cancellation(held, raised)
+            error = raised
         finally:
-            running.finished = True
-            if running.renewing is not None:  # never let a renewal land after the outcome
-                with anyio.CancelScope(shield=True):
-                    await running.renewing.wait()
-            self._running.discard(running)
-        duration = anyio.current_time() - begin
-        if running.lost or running.scope.cancelled_caught:  # refused, or cut off before it had a result
+            held.finished = True
+            if held.renewal is not None:  # its answer no longer matters: the outcome's write ends the lease
+                held.renewal.cancel()
+            self._running.discard(held)
+        return self._judge(held, error, anyio.current_time() - begin)
+
+    async def _reraise_cancellation(self, held: Held[T], raised: BaseException) -> NoReturn:
+        """Re-raise our cancellation, never a handler's error that came with it.
+
+        A handler that raises while being cancelled (an error from its cleanup, its task
+        group's exception group) must not crash the scheduler: the job is handed back by the
+        caller, the error is logged, and a fresh cancellation is raised in its place.
+        """
+        if is_control_flow(raised) or isinstance(raised, anyio.get_cancelled_exc_class()):
+            raise raised
+        logger.warning(
+            "job %s on worker %d: the handler raised while being cancelled; handing the job back",
+            *(held.job.id, held.worker),
+            exc_info=raised,
+        )
+        await anyio.lowlevel.checkpoint()  # raises the cancellation of the scope that is cancelling us
+        raise anyio.get_cancelled_exc_class()()  # a native Task.cancel(): asyncio's class takes no arguments
+
+    def _judge(self, held: Held[T], error: BaseException | None, duration: float) -> Outcome[T] | None:
+        """The outcome to write for a finished handler, or ``None`` when none may be written."""
+        job, worker = held.job, held.worker
+        if held.refused or (held.in_doubt and (error is not None or held.scope.cancelled_caught)):
+            # Refused: someone else may own the job. In doubt and cut off: it had no result;
+            # the job runs again when its lease expires.
             logger.warning("job %s on worker %d: lease lost after %.3fs; result not recorded", job.id, worker, duration)
             return None
-        return self._outcome(running.job, worker, duration, error)
+        if held.scope.cancel_called and not held.in_doubt:  # the job's deadline, even if the handler swallowed it
+            timeout = self._job_timeout if job.timeout is None else job.timeout
+            error = JobTimeoutError(f"the handler ran past the job's timeout of {timeout:g}s and was cancelled")
+        outcome = decide(job, error, self._retry, self._now())
+        _log_outcome(outcome, worker, duration, error)
+        return outcome
 
-    async def _run_with_timeout(self, job: Job[T], seconds: float) -> JobTimeoutError | None:
-        with anyio.move_on_after(seconds) as deadline:
-            await self._handler(job)
-        if deadline.cancelled_caught:
-            return JobTimeoutError(f"the handler ran past the job's timeout of {seconds:g}s and was cancelled")
-        return None
+    async def _record(self, outcome: Outcome[T], worker: int) -> None:
+        """Write a finished job's outcome; once stopping, within ``shutdown_timeout``.
 
-    def _outcome(self, job: Job[T], worker: int, duration: float, error: Exception | None) -> Job[T]:
-        """The job as this attempt leaves it: completed, failed, or pending again for a retry."""
-        now = self._now()
-        if error is None:
-            logger.info("job %s completed on worker %d in %.3fs", job.id, worker, duration)
-            return replace(job, status=JobStatus.COMPLETED, processed_at=now, visible_after=None)
-        error = decisive(error)
-        if isinstance(error, RetryJob):
-            delay = self._retry_delay(job) if error.delay is None else error.delay
-            logger.info("job %s postponed by its handler (%s); due again in %.2fs", job.id, error.reason, delay)
-            # A postponement, not a failure: the attempt is given back.
-            return self._due_again(replace(job, attempts=max(0, job.attempts - 1)), now, delay, error.reason)
-        message = error.reason if isinstance(error, FailJob) else describe(error)
-        budget = self._max_attempts(job)
-        of_budget = "" if budget is None else f" of {budget}"
-        if budget is not None and job.attempts < budget and not isinstance(error, FailJob):
-            delay = self._retry_delay(job)
-            logger.warning(
-                "job %s failed on worker %d after %.3fs (attempt %d%s); retrying in %.2fs",
-                *(job.id, worker, duration, job.attempts, of_budget, delay),
-                exc_info=error,
-            )
-            return self._due_again(job, now, delay, message)
-        logger.error(
-            "job %s failed for good on worker %d after %.3fs (attempt %d%s): %s",
-            *(job.id, worker, duration, job.attempts, of_budget, message),
-            exc_info=None if isinstance(error, FailJob) else error,  # a decision, not a crash: no traceback
-        )
-        return replace(job, status=JobStatus.FAILED, processed_at=now, visible_after=None, last_error=message)
-
-    def _retry_delay(self, job: Job[T]) -> float:
-        return (self._retry or DEFAULT_RETRY).delay(max(1, job.attempts))
+        If cancelled meanwhile, try once more, shielded and bounded. A write that does not
+        finish in time leaves the job to run again when its lease expires.
+        """
+        job = outcome.job
+        try:
+            with self._bounded_once_stopping() as bound:
+                await self._write(job, str(job.status))
+        except BaseException:
+            with anyio.move_on_after(self._shutdown_timeout, shield=True) as bound:
+                await self._write(job, str(job.status))
+            self._log_unrecorded(job, worker, bound)
+            raise
+        self._log_unrecorded(job, worker, bound)
 
     @staticmethod
-    def _due_again(job: Job[T], now: datetime, delay: float, why: str) -> Job[T]:
-        """Pending again, due after ``delay`` (the end of time at most), lease released."""
+    def _log_unrecorded(job: Job[T], worker: int, bound: anyio.CancelScope) -> None:
+        if bound.cancelled_caught:
+            logger.error(
+                "job %s on worker %d: outcome not recorded within shutdown_timeout; "
+                "it runs again when its lease expires",
+                *(job.id, worker),
+            )
+
+    @contextmanager
+    def _bounded_once_stopping(self) -> Generator[anyio.CancelScope]:
+        """A scope that :meth:`shutdown` bounds by ``shutdown_timeout`` (bounded at once if stopping)."""
+        scope = anyio.CancelScope()
+        if self._stopping:
+            scope.deadline = anyio.current_time() + self._shutdown_timeout
+        self._bounded.add(scope)
         try:
-            due = now + timedelta(seconds=delay)
-        except OverflowError:  # a delay of millennia: the job waits forever rather than crash the worker
-            due = datetime.max.replace(tzinfo=timezone.utc)
-        return replace(job, process_after=due, visible_after=None, last_error=why)
+            with scope:
+                yield scope
+        finally:
+            self._bounded.discard(scope)
 
-    async def _record(self, outcome: Job[T], worker: int) -> None:
-        """Write a finished job's outcome; if cancelled meanwhile, try once more, shielded and bounded."""
-        try:
-            await self._write(outcome, str(outcome.status))
-        except BaseException:
-            with anyio.move_on_after(self._shutdown_timeout, shield=True) as scope:
-                await self._write(outcome, str(outcome.status))
-            if scope.cancelled_caught:
-                logger.error(
-                    "job %s on worker %d: outcome not recorded within shutdown_timeout; "
-                    "it runs again when its lease expires",
-                    outcome.id,
-                    worker,
-                )
-            raise
+    async def _hand_back(self, jobs: list[Held[T]], *, started: bool) -> None:
+        """Release leased jobs so they are visible again at once, with their attempt given back.
 
-    async def _hand_back(self, job: Job[T], *, started: bool) -> None:
-        """Release a leased job so it is visible again at once, with its attempt given back.
-
-        A job the scheduler interrupts (shutdown with ``cancel_running``, cancellation) did
-        not fail, so its attempt does not count against ``max_attempts`` either.
+        Shielded, and within ``shutdown_timeout`` in all, whatever the store does: a job that
+        cannot be handed back (the store fails, hangs, or refuses) is logged by id and runs
+        again when its lease expires. A job the scheduler interrupts did not fail, so its
+        attempt does not count against ``max_attempts`` either.
         """
-        released = replace(job, visible_after=None, attempts=max(0, job.attempts - 1))
-        await self._write(released, "release")
-        logger.info("job %s handed back%s", job.id, " (interrupted)" if started else "")
-
-    async def _shielded_hand_back(self, jobs: list[Job[T]], *, started: bool) -> None:
-        """Hand jobs back even while being cancelled, within ``shutdown_timeout`` in all."""
-        left = list(jobs)
+        left = [held.job for held in jobs]
         with anyio.move_on_after(self._shutdown_timeout, shield=True):
             while left:
-                await self._hand_back(left[0], started=started)
+                job = left[0]
+                released = replace(job, visible_after=None, attempts=max(0, job.attempts - 1))
+                try:
+                    await self._write(released, "release")
+                except Exception as error:  # a permanent store error: try the others all the same
+                    logger.error("job %s: could not hand it back: %r", job.id, error)
+                else:
+                    logger.info("job %s handed back%s", job.id, " (interrupted)" if started else "")
                 del left[0]
         if left:
             logger.error(
@@ -472,55 +515,54 @@ class Scheduler(Generic[T]):
 
     async def _write(self, job: Job[T], why: str) -> None:
         """Update the job; a lost lease is logged, not raised: the job is someone else's now."""
+        update = CountedCall(lambda: self._store.update_job(job))
         try:
-            await self._update(job, why)
+            await call_store(f"update_job ({why})", job.id, update, self._backoff)
         except (LeaseLostError, JobNotFoundError) as error:
-            logger.warning("job %s: update_job (%s) not written: %s", job.id, why, error)
+            if update.count > 1:  # an earlier attempt may have landed, its reply lost, and ended the lease
+                logger.info(
+                    "job %s: update_job (%s) refused on retry; the attempt whose reply was lost "
+                    "may have written it: %s",
+                    *(job.id, why, error),
+                )
+            else:
+                logger.warning("job %s: update_job (%s) not written: %s", job.id, why, error)
 
     async def _update(self, job: Job[T], why: str) -> None:
         await call_store(f"update_job ({why})", job.id, lambda: self._store.update_job(job), self._backoff)
 
-    async def _release_buffered(self, receive: MemoryObjectReceiveStream[Job[T]]) -> None:
-        """Hand back every job still waiting in the stream, at the very end."""
-        buffered: list[Job[T]] = []
-        while True:
-            try:
-                buffered.append(receive.receive_nowait())
-            except (anyio.WouldBlock, anyio.EndOfStream):
-                break
-        await self._shielded_hand_back(buffered, started=False)
-
     # -- the lease keeper --------------------------------------------------------------------
 
     async def _keep_leases(self, tg: TaskGroup) -> None:
-        """Renew the lease of every running job once a third of it has passed."""
+        """Renew the lease of every running job once a third of it has passed (monotonic clock)."""
         period = self._visibility_timeout.total_seconds() / 6
+        watch = _ClockWatch(self._clock)
         while True:
             await anyio.sleep(period)
-            for running in list(self._running):
-                due = self._lease_remaining(running.job) < RENEW_WHEN_REMAINING
-                if due and running.renewing is None and not running.finished:
-                    running.renewing = anyio.Event()
-                    tg.start_soon(self._renew, running, name=f"anysched-renew-{running.job.id}")
+            watch.check()
+            for held in list(self._running):
+                due = held.lease_left(self._visibility_timeout) < RENEW_WHEN_REMAINING
+                if due and held.renewal is None and not held.finished:
+                    held.renewal = anyio.CancelScope()
+                    tg.start_soon(self._renew, held, held.renewal, name=f"anysched-renew-{held.job.id}")
 
-    async def _renew(self, running: _Running[T]) -> None:
-        job = running.job
-        renewed = replace(job, visible_after=self._now() + self._visibility_timeout)
-        assert job.visible_after is not None
+    async def _renew(self, held: Held[T], scope: anyio.CancelScope) -> None:
+        now = anyio.current_time()
+        renewed = held.renewed(now, self._visibility_timeout, self._now())
         try:
-            with anyio.move_on_after(max(0.0, (job.visible_after - self._now()).total_seconds())):
-                await self._update(renewed, "renew lease")
-                running.job = renewed
-                return
-            self._lose(running, "its lease expired before the store could renew it", refused=False)
-        except (LeaseLostError, JobNotFoundError):
-            self._lose(running, "the store says its lease was lost", refused=True)
+            with scope, anyio.move_on_after(held.lease_end(self._visibility_timeout) - now) as lease_left:
+                try:
+                    await self._update(renewed, "renew lease")
+                except (LeaseLostError, JobNotFoundError):
+                    self._lose(held, "the store says its lease was lost", refused=True)
+                else:
+                    held.job, held.anchor = renewed, now
+            if lease_left.cancelled_caught:
+                self._lose(held, "its lease expired before the store could renew it", refused=False)
         finally:
-            assert running.renewing is not None
-            running.renewing.set()
-            running.renewing = None
+            held.renewal = None
 
-    def _lose(self, running: _Running[T], why: str, *, refused: bool) -> None:
+    def _lose(self, held: Held[T], why: str, *, refused: bool) -> None:
         """Stop a handler whose lease may be gone.
 
         Only a refusal by the store is certain. A renewal that went unanswered until the lease
@@ -528,23 +570,75 @@ class Scheduler(Generic[T]):
         still has its outcome written, fenced by the lease token, so it lands only if the
         lease is still ours.
         """
-        running.lost = running.lost or refused
-        if running.finished:
-            logger.debug("job %s: lease in doubt after its handler ended: %s", running.job.id, why)
+        held.refused = held.refused or refused
+        if held.finished:
+            logger.debug("job %s: lease in doubt after its handler ended: %s", held.job.id, why)
             return
-        logger.warning("job %s on worker %d: cancelling the handler: %s", running.job.id, running.worker, why)
-        running.scope.cancel()
+        held.in_doubt = True
+        logger.warning("job %s on worker %d: cancelling the handler: %s", held.job.id, held.worker, why)
+        held.scope.cancel()
 
     # -- helpers -------------------------------------------------------------------------------
 
     def _now(self) -> datetime:
         return require_utc("clock()", self._clock())
 
-    def _lease_remaining(self, job: Job[T]) -> float:
-        """The fraction of the visibility timeout left on ``job``'s lease."""
-        if job.visible_after is None:
-            return 0.0
-        return (job.visible_after - self._now()) / self._visibility_timeout
+
+class _ClockWatch:
+    """Notices a step of the wall clock against the monotonic one, and says so once per step.
+
+    Leases are stored in wall-clock time that every process sharing the store compares with its
+    own: a process whose clock is off by more than a lease can claim jobs others still hold.
+    Timing here does not depend on it; the log line is for the operator.
+    """
+
+    def __init__(self, clock: Callable[[], datetime]) -> None:
+        self._clock = clock
+        self._wall, self._monotonic = clock(), anyio.current_time()
+
+    def check(self) -> None:
+        wall, monotonic = self._clock(), anyio.current_time()
+        step = (wall - self._wall).total_seconds() - (monotonic - self._monotonic)
+        if abs(step) > CLOCK_STEP_WARNING:
+            logger.warning(
+                "the wall clock stepped %s by %.1fs; leases keep their timing (monotonic), but processes "
+                "sharing a store must agree on the time to well within visibility_timeout",
+                "forward" if step > 0 else "back",
+                abs(step),
+            )
+        self._wall, self._monotonic = wall, monotonic
+
+
+def _drain(receive: MemoryObjectReceiveStream[Held[T]]) -> list[Held[T]]:
+    """Every job waiting in the stream, without waiting."""
+    drained: list[Held[T]] = []
+    while True:
+        try:
+            drained.append(receive.receive_nowait())
+        except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
+            return drained
+
+
+def _log_outcome(outcome: Outcome[T], worker: int, duration: float, error: BaseException | None) -> None:
+    job = outcome.job
+    of_budget = "" if outcome.budget is None else f" of {outcome.budget}"
+    if outcome.kind == "completed":
+        logger.info("job %s completed on worker %d in %.3fs", job.id, worker, duration)
+    elif outcome.kind == "postponed":
+        logger.info("job %s postponed by its handler (%s); due again in %.2fs", job.id, outcome.message, outcome.delay)
+    elif outcome.kind == "retry":
+        logger.warning(
+            "job %s failed on worker %d after %.3fs (attempt %d%s); retrying in %.2fs",
+            *(job.id, worker, duration, job.attempts, of_budget, outcome.delay),
+            exc_info=error,
+        )
+    else:
+        decided = outcome.message is not None and error is not None and str(error) == outcome.message
+        logger.error(
+            "job %s failed for good on worker %d after %.3fs (attempt %d%s): %s",
+            *(job.id, worker, duration, job.attempts, of_budget, outcome.message),
+            exc_info=None if decided else error,  # a FailJob is a decision, not a crash: no traceback
+        )
 
 
 @asynccontextmanager
