@@ -1,12 +1,17 @@
 from __future__ import annotations
 
+import random
 from dataclasses import replace
 from datetime import timedelta
 
 import pytest
 
 from anysched import JobNotFoundError, JobStatus, MemoryStore
-from anysched.testing import T0, VT, Payload, StoreContract, at, job
+from anysched.testing import _T0 as T0
+from anysched.testing import _VT as VT
+from anysched.testing import Payload, StoreContract
+from anysched.testing import _at as at
+from anysched.testing import _job as job
 
 
 class TestMemoryStoreContract(StoreContract):
@@ -109,3 +114,44 @@ async def test_finished_and_renewed_jobs_do_not_pile_up_in_the_index() -> None:
     assert await store.next_due_time() == at(5)
     [last] = await store.fetch_pending_jobs(at(3600), 10, hour)
     assert last.id == "last"
+
+
+async def test_next_due_time_is_when_a_job_becomes_claimable_after_a_clock_step() -> None:
+    """A caller whose clock runs ahead promotes a leased job to the ready heap; one with the
+    true clock must then be told the lease's end, not the job's past due time (which sent the
+    fetcher into a loop of empty claims)."""
+    store = MemoryStore[Payload]()
+    await store.add_job(job(1, job_id="leased"))
+    [leased] = await store.fetch_pending_jobs(T0, 10, VT)  # leased until T0 + VT
+    await store.add_job(job(0, job_id="early", due=at(-5)))
+    [early] = await store.fetch_pending_jobs(at(45), 1, VT)  # a clock 40 s ahead promotes "leased" too
+    assert early.id == "early"
+    await store.add_job(job(2, job_id="other"))
+    [other] = await store.fetch_pending_jobs(at(5), 10, VT)  # the true clock
+    assert other.id == "other"
+    # "leased" went back to waiting, keyed by its lease's end: no later fetch re-examines it before then
+    assert [entry[2] for entry in store._ready] == []
+    assert await store.next_due_time() == leased.visible_after
+    assert await store.fetch_pending_jobs(at(45), 0, VT) == []  # promoted again by the fast clock
+    assert await store.next_due_time() == leased.visible_after  # not T0, its due time
+    [again] = await store.fetch_pending_jobs(T0 + VT, 10, VT)
+    assert (again.id, again.attempts) == ("leased", 2)
+
+
+async def test_an_empty_claim_is_never_followed_by_a_past_due_time() -> None:
+    """Whatever the callers' clocks, after a claim that leaves room, the next due time is in
+    the claimer's future: a fetcher that sleeps until it never spins."""
+    rng = random.Random(7)
+    store = MemoryStore[Payload]()
+    for n in range(200):
+        await store.add_job(job(n, due=at(rng.uniform(0, 100))))
+    for _ in range(400):
+        now = at(rng.uniform(0, 150))
+        limit = rng.choice([1, 3, 1000])
+        claimed = await store.fetch_pending_jobs(now, limit, timedelta(seconds=rng.uniform(1, 60)))
+        for leased in claimed:
+            if rng.random() < 0.3:
+                await store.update_job(replace(leased, status=JobStatus.COMPLETED, visible_after=None))
+        if len(claimed) < limit:  # all that was claimable at `now` was claimed
+            due = await store.next_due_time()
+            assert due is None or due > now, (due, now)

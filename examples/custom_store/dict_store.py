@@ -48,12 +48,14 @@ class DictStore(Generic[T]):
         return leased
 
     async def update_job(self, job: Job[T]) -> None:
-        """Replace the stored job, only while it still carries ``job.lease`` (fencing)."""
+        """Replace the stored job, only while it is leased under ``job.lease`` (fencing)."""
         stored = self._jobs.get(job.id)
         if stored is None:
             raise JobNotFoundError(job.id)
-        if stored.lease is None or stored.lease != job.lease:
-            raise LeaseLostError(job.id)  # the lease expired and someone else may hold the job
+        # Someone else may hold the job now (the lease expired), or an outcome (completed,
+        # failed, retried, released) ended this lease: a renewal arriving late is refused.
+        if not stored.accepts_write_fenced_by(job.lease):
+            raise LeaseLostError(job.id)
         self._jobs[job.id] = job
 
     async def add_job(self, job: Job[T]) -> None:

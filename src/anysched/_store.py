@@ -31,7 +31,15 @@ class JobStore(Protocol[T]):
     async def update_job(self, job: Job[T]) -> None:
         """Replace the stored job with ``job``, only while the store holds ``job.lease``.
 
-        :raises LeaseLostError: the stored job carries another lease token (or none)
+        The store holds it while the stored job is pending, leased (``visible_after`` set)
+        and carries that token: :meth:`Job.accepts_write_fenced_by
+        <anysched.Job.accepts_write_fenced_by>`. Check and write in one atomic step (one
+        conditional update). An outcome (completed, failed, or pending with
+        ``visible_after=None`` for a retry or a release) therefore ends the lease, and a
+        write sent earlier with the same token that lands after it is refused.
+
+        :raises LeaseLostError: the stored job is not leased under ``job.lease`` (another
+            token, none, or an outcome already ended the lease); nothing was written
         :raises JobNotFoundError: no job has this id
         """
         ...

@@ -31,10 +31,12 @@ from ._exceptions import DuplicateJobError, JobNotFoundError, LeaseLostError
 from ._job import Job, JobStatus
 from ._store import JobStore
 
-T0 = datetime(2030, 1, 1, 12, 0, tzinfo=timezone.utc)
+__all__ = ("Payload", "StoreContract")
+
+_T0 = datetime(2030, 1, 1, 12, 0, tzinfo=timezone.utc)
 """The suite's "now". Every time it uses is a whole millisecond, as BSON dates keep them."""
 
-VT = timedelta(seconds=30)
+_VT = timedelta(seconds=30)
 
 
 @dataclass(frozen=True)
@@ -46,17 +48,17 @@ class Payload:
     tags: tuple[str, ...] = ()
 
 
-def job(n: int, *, due: datetime = T0, job_id: str | None = None) -> Job[Payload]:
+def _job(n: int, *, due: datetime = _T0, job_id: str | None = None) -> Job[Payload]:
     """A pending job with payload ``Payload(n)``, due at ``due``."""
     return Job.create(Payload(n, note=f"job {n}", tags=("a", str(n))), process_after=due, id=job_id)
 
 
-def at(seconds: float) -> datetime:
-    """``T0`` plus ``seconds``."""
-    return T0 + timedelta(seconds=seconds)
+def _at(seconds: float) -> datetime:
+    """``_T0`` plus ``seconds``."""
+    return _T0 + timedelta(seconds=seconds)
 
 
-def close_to(actual: datetime | None, expected: datetime) -> bool:
+def _close_to(actual: datetime | None, expected: datetime) -> bool:
     """Equal within the millisecond a database may round to."""
     return actual is not None and abs(actual - expected) <= timedelta(milliseconds=1)
 
@@ -78,146 +80,148 @@ class StoreContract:
         assert isinstance(store, JobStore)
 
     async def test_fetch_leases_a_due_job(self, store: JobStore[Payload]) -> None:
-        added = job(1)
+        added = _job(1)
         await store.add_job(added)
-        [leased] = await store.fetch_pending_jobs(at(5), 10, VT)
+        [leased] = await store.fetch_pending_jobs(_at(5), 10, _VT)
         assert leased.id == added.id
         assert leased.payload == added.payload
         assert isinstance(leased.payload, Payload)
         assert leased.status is JobStatus.PENDING
         assert leased.attempts == 1
         assert leased.lease
-        assert close_to(leased.visible_after, at(5) + VT)
-        assert close_to(leased.process_after, T0)
+        assert _close_to(leased.visible_after, _at(5) + _VT)
+        assert _close_to(leased.process_after, _T0)
         for moment in (leased.process_after, leased.visible_after):
             assert moment is not None
             assert moment.utcoffset() == timedelta(0)
 
     async def test_fetch_on_an_empty_store(self, store: JobStore[Payload]) -> None:
-        assert await store.fetch_pending_jobs(T0, 10, VT) == []
+        assert await store.fetch_pending_jobs(_T0, 10, _VT) == []
 
     async def test_fetch_with_limit_zero_claims_nothing(self, store: JobStore[Payload]) -> None:
-        await store.add_job(job(1))
-        assert await store.fetch_pending_jobs(T0, 0, VT) == []
-        assert len(await store.fetch_pending_jobs(T0, 1, VT)) == 1
+        await store.add_job(_job(1))
+        assert await store.fetch_pending_jobs(_T0, 0, _VT) == []
+        assert len(await store.fetch_pending_jobs(_T0, 1, _VT)) == 1
 
     async def test_a_job_is_not_due_before_process_after(self, store: JobStore[Payload]) -> None:
-        await store.add_job(job(1, due=at(10)))
-        assert await store.fetch_pending_jobs(at(9.999), 10, VT) == []
-        assert len(await store.fetch_pending_jobs(at(10), 10, VT)) == 1
+        await store.add_job(_job(1, due=_at(10)))
+        assert await store.fetch_pending_jobs(_at(9.999), 10, _VT) == []
+        assert len(await store.fetch_pending_jobs(_at(10), 10, _VT)) == 1
 
     async def test_oldest_due_first_and_limit(self, store: JobStore[Payload]) -> None:
         dues = list(range(20))
         random.Random(5).shuffle(dues)
         for n in dues:
-            await store.add_job(job(n, due=at(n)))
-        first = await store.fetch_pending_jobs(at(100), 5, VT)
-        rest = await store.fetch_pending_jobs(at(100), 100, VT)
+            await store.add_job(_job(n, due=_at(n)))
+        first = await store.fetch_pending_jobs(_at(100), 5, _VT)
+        rest = await store.fetch_pending_jobs(_at(100), 100, _VT)
         assert [j.payload.n for j in first] == [0, 1, 2, 3, 4]
         assert [j.payload.n for j in rest] == list(range(5, 20))
 
     async def test_a_leased_job_is_invisible_until_its_lease_expires(self, store: JobStore[Payload]) -> None:
-        await store.add_job(job(1))
-        [first] = await store.fetch_pending_jobs(T0, 10, VT)
-        assert await store.fetch_pending_jobs(T0 + VT - timedelta(milliseconds=1), 10, VT) == []
-        [again] = await store.fetch_pending_jobs(T0 + VT, 10, VT)
+        await store.add_job(_job(1))
+        [first] = await store.fetch_pending_jobs(_T0, 10, _VT)
+        assert await store.fetch_pending_jobs(_T0 + _VT - timedelta(milliseconds=1), 10, _VT) == []
+        [again] = await store.fetch_pending_jobs(_T0 + _VT, 10, _VT)
         assert again.id == first.id
         assert again.attempts == 2
         assert again.lease != first.lease
 
     async def test_update_with_the_lease_writes(self, store: JobStore[Payload]) -> None:
-        await store.add_job(job(1))
-        [leased] = await store.fetch_pending_jobs(T0, 10, VT)
-        done = replace(leased, status=JobStatus.COMPLETED, processed_at=at(1), visible_after=None)
+        await store.add_job(_job(1))
+        [leased] = await store.fetch_pending_jobs(_T0, 10, _VT)
+        done = replace(leased, status=JobStatus.COMPLETED, processed_at=_at(1), visible_after=None)
         await store.update_job(done)
-        assert await store.fetch_pending_jobs(at(3600), 10, VT) == []
+        assert await store.fetch_pending_jobs(_at(3600), 10, _VT) == []
 
     async def test_a_failed_job_is_not_fetched_again(self, store: JobStore[Payload]) -> None:
-        await store.add_job(job(1))
-        [leased] = await store.fetch_pending_jobs(T0, 10, VT)
-        failed = replace(leased, status=JobStatus.FAILED, processed_at=at(1), visible_after=None, last_error="boom")
+        await store.add_job(_job(1))
+        [leased] = await store.fetch_pending_jobs(_T0, 10, _VT)
+        failed = replace(leased, status=JobStatus.FAILED, processed_at=_at(1), visible_after=None, last_error="boom")
         await store.update_job(failed)
-        assert await store.fetch_pending_jobs(at(3600), 10, VT) == []
+        assert await store.fetch_pending_jobs(_at(3600), 10, _VT) == []
 
     async def test_a_released_job_is_visible_at_once(self, store: JobStore[Payload]) -> None:
-        await store.add_job(job(1))
-        [leased] = await store.fetch_pending_jobs(T0, 10, VT)
+        await store.add_job(_job(1))
+        [leased] = await store.fetch_pending_jobs(_T0, 10, _VT)
         await store.update_job(replace(leased, visible_after=None, attempts=leased.attempts - 1))
-        [again] = await store.fetch_pending_jobs(at(1), 10, VT)
+        [again] = await store.fetch_pending_jobs(_at(1), 10, _VT)
         assert again.id == leased.id
         assert again.attempts == 1
 
     async def test_a_retried_job_is_due_again_after_its_delay(self, store: JobStore[Payload]) -> None:
-        await store.add_job(job(1))
-        [leased] = await store.fetch_pending_jobs(T0, 10, VT)
-        await store.update_job(replace(leased, process_after=at(60), visible_after=None, last_error="boom"))
-        assert await store.fetch_pending_jobs(at(59), 10, VT) == []
-        [again] = await store.fetch_pending_jobs(at(60), 10, VT)
+        await store.add_job(_job(1))
+        [leased] = await store.fetch_pending_jobs(_T0, 10, _VT)
+        await store.update_job(replace(leased, process_after=_at(60), visible_after=None, last_error="boom"))
+        assert await store.fetch_pending_jobs(_at(59), 10, _VT) == []
+        [again] = await store.fetch_pending_jobs(_at(60), 10, _VT)
         assert (again.attempts, again.last_error) == (2, "boom")
-        assert close_to(again.process_after, at(60))
+        assert _close_to(again.process_after, _at(60))
 
     async def test_a_jobs_own_limits_are_kept(self, store: JobStore[Payload]) -> None:
-        await store.add_job(Job.create(Payload(1), process_after=T0, max_attempts=5, timeout=2.5))
-        await store.add_job(job(2))
-        leased = {j.payload.n: j for j in await store.fetch_pending_jobs(T0, 10, VT)}
+        await store.add_job(Job.create(Payload(1), process_after=_T0, max_attempts=5, timeout=2.5))
+        await store.add_job(_job(2))
+        leased = {j.payload.n: j for j in await store.fetch_pending_jobs(_T0, 10, _VT)}
         assert (leased[1].max_attempts, leased[1].timeout) == (5, 2.5)
         assert (leased[2].max_attempts, leased[2].timeout) == (None, None)
         await store.update_job(replace(leased[1], visible_after=None, max_attempts=7, timeout=None))
-        [again] = await store.fetch_pending_jobs(at(1), 10, VT)
+        [again] = await store.fetch_pending_jobs(_at(1), 10, _VT)
         assert (again.max_attempts, again.timeout) == (7, None)
 
     async def test_a_renewed_lease_hides_the_job_longer(self, store: JobStore[Payload]) -> None:
-        await store.add_job(job(1))
-        [leased] = await store.fetch_pending_jobs(T0, 10, VT)
-        await store.update_job(replace(leased, visible_after=at(100)))
-        assert await store.fetch_pending_jobs(at(99), 10, VT) == []
-        assert len(await store.fetch_pending_jobs(at(100), 10, VT)) == 1
+        await store.add_job(_job(1))
+        [leased] = await store.fetch_pending_jobs(_T0, 10, _VT)
+        await store.update_job(replace(leased, visible_after=_at(100)))
+        assert await store.fetch_pending_jobs(_at(99), 10, _VT) == []
+        assert len(await store.fetch_pending_jobs(_at(100), 10, _VT)) == 1
 
     async def test_a_lost_lease_is_fenced_out(self, store: JobStore[Payload]) -> None:
-        await store.add_job(job(1))
-        [stale] = await store.fetch_pending_jobs(T0, 10, VT)
-        [current] = await store.fetch_pending_jobs(T0 + VT, 10, VT)
+        await store.add_job(_job(1))
+        [stale] = await store.fetch_pending_jobs(_T0, 10, _VT)
+        [current] = await store.fetch_pending_jobs(_T0 + _VT, 10, _VT)
         with pytest.raises(LeaseLostError):
-            await store.update_job(replace(stale, status=JobStatus.COMPLETED, processed_at=at(40)))
+            await store.update_job(replace(stale, status=JobStatus.COMPLETED, processed_at=_at(40)))
         # the current holder's lease is untouched: its job stays leased, then completes
-        assert await store.fetch_pending_jobs(T0 + VT + timedelta(seconds=1), 10, VT) == []
-        await store.update_job(replace(current, status=JobStatus.COMPLETED, processed_at=at(41)))
+        assert await store.fetch_pending_jobs(_T0 + _VT + timedelta(seconds=1), 10, _VT) == []
+        await store.update_job(replace(current, status=JobStatus.COMPLETED, processed_at=_at(41)))
 
     async def test_an_unleased_job_cannot_be_updated(self, store: JobStore[Payload]) -> None:
-        added = job(1)
+        added = _job(1)
         await store.add_job(added)
         with pytest.raises(LeaseLostError):
             await store.update_job(replace(added, status=JobStatus.COMPLETED, lease="not-a-lease"))
-        assert len(await store.fetch_pending_jobs(T0, 10, VT)) == 1
+        assert len(await store.fetch_pending_jobs(_T0, 10, _VT)) == 1
 
     async def test_update_of_an_unknown_job(self, store: JobStore[Payload]) -> None:
         with pytest.raises(JobNotFoundError):
-            await store.update_job(replace(job(1), lease="whatever"))
+            await store.update_job(replace(_job(1), lease="whatever"))
 
     async def test_a_duplicate_id_changes_nothing(self, store: JobStore[Payload]) -> None:
-        await store.add_job(job(1, job_id="same"))
+        await store.add_job(_job(1, job_id="same"))
         with pytest.raises(DuplicateJobError):
-            await store.add_job(job(2, job_id="same", due=at(-100)))
-        [only] = await store.fetch_pending_jobs(at(1), 10, VT)
+            await store.add_job(_job(2, job_id="same", due=_at(-100)))
+        [only] = await store.fetch_pending_jobs(_at(1), 10, _VT)
         assert only.payload.n == 1
-        assert close_to(only.process_after, T0)
+        assert _close_to(only.process_after, _T0)
 
     async def test_aware_times_in_other_zones_mean_the_same_instant(self, store: JobStore[Payload]) -> None:
         plus_two = timezone(timedelta(hours=2))
-        await store.add_job(job(1, due=at(10).astimezone(plus_two)))
-        assert await store.fetch_pending_jobs(at(9), 10, VT) == []
-        [leased] = await store.fetch_pending_jobs(at(10).astimezone(plus_two), 10, VT)
-        assert close_to(leased.process_after, at(10))
+        await store.add_job(_job(1, due=_at(10).astimezone(plus_two)))
+        assert await store.fetch_pending_jobs(_at(9), 10, _VT) == []
+        [leased] = await store.fetch_pending_jobs(_at(10).astimezone(plus_two), 10, _VT)
+        assert _close_to(leased.process_after, _at(10))
         assert leased.process_after.utcoffset() == timedelta(0)
 
     async def test_concurrent_fetchers_never_share_a_job(self, store: JobStore[Payload]) -> None:
         count, fetchers = 60, 6
         for n in range(count):
-            await store.add_job(job(n))
+            await store.add_job(_job(n))
         claims: list[list[str]] = [[] for _ in range(fetchers)]
 
         async def fetch(mine: list[str]) -> None:
-            while batch := await store.fetch_pending_jobs(at(1), 3, VT):
+            # Bounded by the jobs there are: a store that hands jobs out again and again
+            # (never leasing them) would keep every fetcher busy forever.
+            while sum(map(len, claims)) <= count and (batch := await store.fetch_pending_jobs(_at(1), 3, _VT)):
                 mine.extend(j.id for j in batch)
                 await anyio.lowlevel.checkpoint()
 
@@ -226,5 +230,45 @@ class StoreContract:
                 for mine in claims:
                     tg.start_soon(fetch, mine)
         every = [job_id for mine in claims for job_id in mine]
-        assert len(every) == count
-        assert len(set(every)) == count
+        assert len(every) <= count, f"{len(every)}+ claims of {count} jobs: leased jobs were handed out again"
+        assert len(set(every)) == len(every), "a job was handed to two fetchers"
+        assert len(every) == count, f"{count - len(every)} of {count} due jobs were never claimed"
+
+    @pytest.mark.parametrize("outcome", ["completed", "failed", "retry", "release"])
+    async def test_an_outcome_ends_the_lease_for_every_later_write(
+        self, store: JobStore[Payload], outcome: str
+    ) -> None:
+        """A write sent before the outcome with the same token (a renewal abandoned in a
+        thread, a late reply) is refused when it lands after it, and changes nothing."""
+        await store.add_job(_job(1))
+        [leased] = await store.fetch_pending_jobs(_T0, 10, _VT)
+        await store.update_job(_outcome(leased, outcome))
+        with pytest.raises(LeaseLostError):
+            await store.update_job(replace(leased, visible_after=_at(100)))  # the late renewal
+        with pytest.raises(LeaseLostError):
+            await store.update_job(_outcome(leased, "completed"))  # a second outcome, same token
+        await self._check_outcome_kept(store, leased, outcome)
+
+    async def _check_outcome_kept(self, store: JobStore[Payload], leased: Job[Payload], outcome: str) -> None:
+        """The job is claimable again as ``outcome`` left it: never, at once, or after its retry delay."""
+        if outcome in ("completed", "failed"):
+            assert await store.fetch_pending_jobs(_at(3600), 10, _VT) == []
+            return
+        due = _at(60) if outcome == "retry" else _T0
+        assert await store.fetch_pending_jobs(due - timedelta(milliseconds=1), 10, _VT) == []
+        [again] = await store.fetch_pending_jobs(due, 10, _VT)
+        assert (again.id, again.attempts) == (leased.id, 2 if outcome == "retry" else 1)
+        assert again.last_error == ("boom" if outcome == "retry" else None)
+        assert _close_to(again.process_after, due)
+
+
+def _outcome(leased: Job[Payload], outcome: str) -> Job[Payload]:
+    """The write that ends a lease: ``completed``, ``failed``, ``retry`` (due in 60 s) or ``release``."""
+    if outcome == "completed":
+        return replace(leased, status=JobStatus.COMPLETED, processed_at=_at(1), visible_after=None)
+    if outcome == "failed":
+        return replace(leased, status=JobStatus.FAILED, processed_at=_at(1), visible_after=None, last_error="boom")
+    if outcome == "retry":
+        return replace(leased, process_after=_at(60), visible_after=None, last_error="boom")
+    assert outcome == "release", outcome
+    return replace(leased, visible_after=None, attempts=leased.attempts - 1)

@@ -33,7 +33,9 @@ class MemoryStore(Generic[T]):
 
     - *waiting*: pending jobs not yet claimable, keyed by the moment they become so (their
       due time, or their lease expiry if later);
-    - *ready*: claimable jobs, keyed by due time, so the oldest due is claimed first.
+    - *ready*: claimable jobs, keyed by due time, so the oldest due is claimed first. A
+      caller whose clock runs behind the last one's may find an entry here not claimable
+      yet: it goes back to *waiting*.
 
     A changed job gets a new entry and its old one is skipped when it surfaces (lazy
     deletion). Every method runs without awaiting, under a lock, so any number of tasks
@@ -58,28 +60,25 @@ class MemoryStore(Generic[T]):
         with self._lock:
             self._promote_claimable(now)
             leased: list[Job[T]] = []
-            not_yet: list[_Entry] = []
             while self._ready and len(leased) < limit:
-                entry = heapq.heappop(self._ready)
-                if self._current_entry.get(entry[2]) != entry[1]:
+                _, sequence, job_id = heapq.heappop(self._ready)
+                if self._current_entry.get(job_id) != sequence:
                     continue
-                job = self._jobs[entry[2]]
+                job = self._jobs[job_id]
                 if job.is_due(now):
                     leased.append(self._claim(job, now, visibility_timeout))
-                else:  # promoted by a caller whose clock runs ahead of this one's
-                    not_yet.append(entry)
-            for entry in not_yet:
-                heapq.heappush(self._ready, entry)
+                else:  # promoted by a caller whose clock runs ahead of this one's: not claimable yet
+                    heapq.heappush(self._waiting, (_claimable_at(job), sequence, job_id))
             return leased
 
     async def update_job(self, job: Job[T]) -> None:
-        """Store ``job`` if the stored copy still carries ``job.lease`` (see :class:`~anysched.JobStore`)."""
+        """Store ``job`` while the stored copy is leased under ``job.lease`` (see :class:`~anysched.JobStore`)."""
         _check_job(job)
         with self._lock:
             stored = self._jobs.get(job.id)
             if stored is None:
                 raise JobNotFoundError(job.id)
-            if stored.lease is None or stored.lease != job.lease:
+            if not stored.accepts_write_fenced_by(job.lease):
                 raise LeaseLostError(job.id)
             self._put(stored, job)
 
@@ -94,11 +93,12 @@ class MemoryStore(Generic[T]):
     async def next_due_time(self) -> datetime | None:
         """The earliest moment a pending job is claimable, or ``None`` when none is pending."""
         with self._lock:
-            for heap in (self._ready, self._waiting):
-                self._drop_stale_top(heap)
-            if self._ready:
-                return self._jobs[self._ready[0][2]].process_after
-            return self._waiting[0][0] if self._waiting else None
+            self._settle_ready_top()
+            self._drop_stale_top(self._waiting)
+            moments = [self._jobs[self._ready[0][2]].process_after] if self._ready else []
+            if self._waiting:
+                moments.append(self._waiting[0][0])
+            return min(moments, default=None)
 
     # -- what go-sched's memory store offers beyond the contract -------------------------
 
@@ -154,14 +154,12 @@ class MemoryStore(Generic[T]):
         if old is not None:
             self._counts[old.status] -= 1
         self._counts[new.status] += 1
-        if new.status is not JobStatus.PENDING:
+        claimable_at = new.claimable_at
+        if claimable_at is None:  # finished: never claimed again
             self._current_entry.pop(new.id, None)
             return
         sequence = next(self._sequence)
         self._current_entry[new.id] = sequence
-        claimable_at = new.process_after
-        if new.visible_after is not None and new.visible_after > claimable_at:
-            claimable_at = new.visible_after
         heapq.heappush(self._waiting, (claimable_at, sequence, new.id))
         if len(self._waiting) + len(self._ready) > 2 * len(self._current_entry) + _COMPACT_SLACK:
             self._compact()
@@ -187,6 +185,36 @@ class MemoryStore(Generic[T]):
     def _drop_stale_top(self, heap: list[_Entry]) -> None:
         while heap and self._current_entry.get(heap[0][2]) != heap[0][1]:
             heapq.heappop(heap)
+
+    def _settle_ready_top(self) -> None:
+        """Leave on top of the ready heap a current entry that is claimable at its due time.
+
+        A job whose lease outlasts its due time was promoted by a caller whose clock runs
+        ahead, or its lease has expired: either way it goes back to waiting, keyed by the
+        moment it is really claimable (a later fetch promotes it again). Any entry below the
+        top then becomes claimable no earlier than the top's due time, so that time is the
+        ready heap's earliest moment; reporting a lease-bound job's past due time instead
+        would send the fetcher into a loop of empty claims.
+        """
+        ready = self._ready
+        while ready:
+            _, sequence, job_id = ready[0]
+            if self._current_entry.get(job_id) != sequence:
+                heapq.heappop(ready)
+                continue
+            job = self._jobs[job_id]
+            claimable_at = _claimable_at(job)
+            if claimable_at == job.process_after:
+                return
+            heapq.heappop(ready)
+            heapq.heappush(self._waiting, (claimable_at, sequence, job_id))
+
+
+def _claimable_at(job: Job[T]) -> datetime:
+    """The moment an indexed (so pending) job becomes claimable."""
+    moment = job.claimable_at
+    assert moment is not None, "only pending jobs are indexed"
+    return moment
 
 
 def _live_heap(heap: list[_Entry], current: dict[str, int]) -> list[_Entry]:
