@@ -11,12 +11,24 @@ One run, on one backend:
   ``RetryPolicy``), postpone themselves (``RetryJob``), fail for good (``FailJob``), run past the job
   timeout (``JobTimeoutError``) or run long (longer than the visibility timeout, shorter than the job
   timeout: their leases must be renewed and they must not run twice); a few **poison jobs** kill
-  their process every time they run;
+  their process every time they run. Misbehaving handlers too (the table ``HANDLERS``): a **foreign
+  cancellation** (asyncio: a ``CancelledError`` of an inner task the handler cancelled itself; trio: an
+  inner nursery cancelled, then an error), **exception groups** of the handler's own task group (with
+  and without a sibling cancelled inside it), **errors raised while being cancelled** (the clean-up
+  after our timeout, lost lease or shutdown raises a ``ValueError`` or a group) and **swallowed
+  cancellations** (caught, a shielded moment, a normal return);
+- **store faults** beyond failures (the ``StoreFaults`` draw): calls that **hang** until their caller
+  cancels them (renewals most often), writes that an abandoned caller left behind **landing late**
+  from a background task (as a sync driver's worker thread would), claims **cancelled after the store
+  made them**, and ``add_job`` replies lost after the insert, for jobs a producer adds during the run
+  through ``Scheduler.add_job``;
 - **instances** schedulers, each through its own "process" (a proxy in front of the store); a seeded
   controller, every so many handler runs, picks an instance and cancels it from outside (its clean-up
   hands jobs back through the flaky store), shuts it down gracefully, or **kills** it: its process
   proxy drops every later call (fetches return nothing, writes vanish), its task group is torn down,
   its leases are left to expire. A fresh incarnation with a fresh proxy then starts in its place.
+  Instance 0's wall clock is **stepped** forward and back by a few visibility timeouts (the store
+  decides claims by its own clock, as a database server does).
 
 When every job has finished (or ``chaos_timeout`` passed) everything is cancelled, the run waits out
 the visibility timeout and drains the store with one clean scheduler on a non-flaky proxy. The store
@@ -26,7 +38,10 @@ then reports jobs lost (must be 0), completed, failed for good by reason, handle
 every run beyond a job's first classified by its cause: a retry, an interruption (handed back), a real
 lease expiry, or **unexplained** (must be 0). It also checks that no two runs of a job overlapped while
 the earlier one's lease held, that no claim happened while another lease held or after the job
-finished, and that each run's recorded ending matches what its handler did.
+finished, and that each run's recorded ending matches what its handler did. And that no
+scheduler stopped or crashed unless told to, that every stop ended within its bound, that every job
+added during the run was added exactly once without an error, that no write landed after its lease's
+outcome, and that a clock step did not cancel every running handler of the stepped instance.
 
 Usage::
 
@@ -53,6 +68,7 @@ from typing import Any, Literal, Protocol, TypeVar, runtime_checkable
 
 import anyio
 import anyio.lowlevel
+from anyio.abc import TaskGroup
 
 from anysched import (
     Backoff,
@@ -61,6 +77,7 @@ from anysched import (
     JobNotFoundError,
     JobStatus,
     JobStore,
+    LeaseLostError,
     MemoryStore,
     RetryJob,
     RetryPolicy,
@@ -68,11 +85,27 @@ from anysched import (
     TransientStoreError,
 )
 
+if sys.version_info < (3, 11):
+    from exceptiongroup import BaseExceptionGroup, ExceptionGroup
+
 R = TypeVar("R")
 
 EPOCH = datetime(2030, 1, 1, tzinfo=timezone.utc)
 
-Action = Literal["ok", "error", "retry", "fail", "timeout", "long", "kill"]
+Action = Literal[
+    "ok",
+    "error",
+    "retry",
+    "fail",
+    "timeout",
+    "long",
+    "kill",
+    "foreign cancel",
+    "group",
+    "group with cancel",
+    "error in cancel",
+    "swallow cancel",
+]
 RunEnd = Literal["running", "completed", "error", "retry", "fail", "timeout", "interrupted", "died", "lost"]
 WriteKind = Literal["renew", "release", "retry", "postpone", "completed", "failed"]
 Ending = Literal["release", "retry", "postpone", "completed", "failed", "expired"]
@@ -81,6 +114,9 @@ Cause = Literal["retry", "interrupted", "lease expiry", "unexplained"]
 FAIL_REASON = "chaos: the handler gave up (FailJob)"
 ERROR_MESSAGE = "chaos: the handler raised"
 POISON_OUTSIDE_CHAOS = "chaos: a poison job run outside the chaos phase"
+FOREIGN_MESSAGE = "chaos: the handler's inner work was cancelled"
+GROUP_MESSAGE = "chaos: a task in the handler's task group failed"
+CLEANUP_MESSAGE = "chaos: the handler's clean-up failed while it was cancelled"
 ACTIONS: tuple[str, ...] = ("cancel", "shutdown", "kill")
 
 
@@ -98,6 +134,39 @@ def chaos_clock() -> datetime:
     clock in tests, and a Mongo store compares exactly the instants the checker compares.
     """
     return EPOCH + timedelta(milliseconds=math.floor(anyio.current_time() * 1000))
+
+
+STEPPED_SLOT = 0
+"""The instance whose wall clock the controller steps."""
+
+
+class SteppedClock:
+    """The chaos clock plus an offset the controller steps (one scheduler instance's wall clock)."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+        self.steps: list[tuple[float, float]] = []
+        """(event-loop time, new offset) of every step."""
+
+    def __call__(self) -> datetime:
+        return chaos_clock() + timedelta(seconds=self.offset)
+
+    def step(self, offset: float) -> None:
+        if offset != self.offset:
+            self.offset = offset
+            self.steps.append((anyio.current_time(), offset))
+
+
+async def _never_called(job: Job[Work]) -> None:
+    raise AssertionError("the producer's scheduler only adds jobs")
+
+
+def _describe(error: BaseException) -> str:
+    """An exception's type and message; a group's leaves too."""
+    if isinstance(error, BaseExceptionGroup):
+        leaves = ", ".join(_describe(leaf) for leaf in error.exceptions)
+        return f"{type(error).__name__}[{leaves}]"
+    return f"{type(error).__name__}: {error}"
 
 
 @dataclass(frozen=True)
@@ -127,8 +196,40 @@ class ChaosConfig:
     p_fail: float = 0.005
     p_timeout: float = 0.006
     p_long: float = 0.006
+    p_foreign_cancel: float = 0.01
+    """A handler raises a cancellation of its own (asyncio) or an error after its inner nursery was cancelled (trio)."""
+    p_group: float = 0.01
+    """A handler's own task group raises several errors."""
+    p_group_with_cancel: float = 0.01
+    """A handler's own task group: one task raises while its sibling is cancelled (and cleans up)."""
+    p_error_in_cancel: float = 0.004
+    """A handler runs until we cancel it (timeout, lost lease, shutdown) and raises from its clean-up."""
+    p_swallow_cancel: float = 0.004
+    """A handler runs until we cancel it, catches the cancellation, waits a shielded moment, returns."""
     retry_delay: float = 0.03
     """A handler's RetryJob asks for up to this delay."""
+    p_hang: float = 0.0005
+    """Chance that a store call (fetch or write) blocks until its caller cancels it."""
+    p_renew_hang: float = 0.03
+    """The same for a lease renewal (whose caller gives up when the lease runs out)."""
+    p_claim_cancelled: float = 0.002
+    """Chance that a fetch claims its jobs and then blocks until its caller cancels it (jobs never delivered)."""
+    p_late_landing: float = 0.7
+    """Chance that an update_job whose caller gave up on it still lands, from a background task."""
+    late_delay: float = 0.5
+    """... after up to this long."""
+    added_during_run: float = 0.05
+    """Fraction of the jobs a producer adds during the run through ``Scheduler.add_job`` (not before it)."""
+    p_add_lost_reply: float = 0.3
+    """Chance that the producer's add_job inserts the job and then loses its reply."""
+    clock_step: float = 3.0
+    """Instance 0's wall clock steps by this many visibility timeouts (forward, back to 0, back, to 0, ...)."""
+    clock_step_interval: float = 1.0
+    """About this long between steps (0: no steps)."""
+    stop_margin: float = 1.0
+    """Slack on every stop's bound (shutdown_timeout, plus the handlers' time left for a graceful one)."""
+    stall_after: float = 1.0
+    """The controller also acts when no handler has started for this long (every instance may be stuck)."""
     poison_jobs: int = 3
     """Jobs that kill their process every time they run (failed once out of attempts)."""
     chaos_events: int = 30
@@ -177,6 +278,10 @@ def mongo_config(**changes: Any) -> ChaosConfig:
         "restart_delay": 0.1,
         "stop_at": 0.95,
         "chaos_timeout": 60.0,
+        "late_delay": 2.0,
+        "clock_step_interval": 3.0,
+        "stop_margin": 2.0,
+        "stall_after": 3.0,
     }
     settings.update(changes)
     return ChaosConfig(**settings)
@@ -196,6 +301,8 @@ class Write:
     status: JobStatus
     start_seq: int
     end_seq: int
+    late: bool = False
+    """Landed from the background after its caller had given up on it."""
 
 
 @dataclass(eq=False)
@@ -261,6 +368,20 @@ class Run:
     start: datetime
     end: datetime | None = None
     kind: RunEnd = "running"
+    began: float = 0.0
+    """Event-loop time of ``start``."""
+    ended: float | None = None
+    after_cancel: Literal["raised", "swallowed"] | None = None
+    """The handler raised something else, or returned, after we had cancelled it (``kind`` says why we did)."""
+
+
+@dataclass(eq=False)
+class StopRequest:
+    """The controller asked an incarnation to stop (or it died): when, how, and the bound on how long it may take."""
+
+    how: Literal["cancel", "shutdown", "kill"]
+    at: float
+    bound: float
 
 
 @dataclass(eq=False)
@@ -276,19 +397,80 @@ class Incarnation:
     graceful: bool = False
     dead: bool = False
     drain: bool = False
+    running: set[Run] = field(default_factory=set[Run])
+    stops: list[StopRequest] = field(default_factory=list[StopRequest])
+    stopped: anyio.Event = field(default_factory=anyio.Event)
+    stopped_at: float | None = None
 
     @property
     def name(self) -> str:
         return "drain" if self.drain else f"i{self.slot}.{self.number}"
 
+    @property
+    def alive(self) -> bool:
+        """Not dead, not asked to stop."""
+        return not (self.dead or self.cancelling or self.graceful)
+
+
+Fault = Literal["none", "fail before", "lost reply", "hang", "hang after claim"]
+
+
+class StoreFaults:
+    """What goes wrong with one store call of a flaky process, by a seeded draw.
+
+    - ``fail before``: ``TransientStoreError`` before the call reaches the store;
+    - ``lost reply``: the store does the work, then the caller gets ``TransientStoreError``
+      (for ``add_job`` with its own, higher chance ``p_add_lost_reply``);
+    - ``hang``: the call blocks before the store until its caller cancels it (renewals most often);
+    - ``hang after claim``: a fetch claims its jobs, then blocks until its caller cancels it;
+    - otherwise a random delay of up to ``store_delay``.
+
+    ``add_job`` never hangs (the producer has no one to cancel it).
+    """
+
+    def __init__(self, config: ChaosConfig) -> None:
+        self.config = config
+        self._random = random.Random(f"{config.seed}/store")
+
+    def draw(self, operation: str, *, renewal: bool = False) -> Fault:
+        c = self.config
+        odds: list[tuple[Fault, float]] = [("fail before", c.fail_rate / 2)]
+        if operation == "add_job":
+            odds.append(("lost reply", c.p_add_lost_reply))
+        else:
+            odds += [("lost reply", c.fail_rate / 2), ("hang", c.p_renew_hang if renewal else c.p_hang)]
+        if operation == "fetch_pending_jobs":
+            odds.append(("hang after claim", c.p_claim_cancelled))
+        x = self._random.random()
+        for fault, p in odds:
+            if x < p:
+                return fault
+            x -= p
+        return "none"
+
+    def delay(self) -> float:
+        return self._random.uniform(0.0, self.config.store_delay)
+
+    def lands_late(self) -> float | None:
+        """How long after its caller gave up an abandoned write lands, or ``None``: it never does."""
+        if self._random.random() >= self.config.p_late_landing:
+            return None
+        return self._random.uniform(0.0, self.config.late_delay)
+
 
 class ChaosStore:
-    """The shared store behind a recorder that also injects failures and delays (per process).
+    """The shared store behind a recorder that also injects failures, delays and hangs (per process).
 
     Calls arrive through a :class:`Process`; a dead process's calls are dropped after the
     random delay (nothing it sends reaches the store). The inner call itself is shielded:
     once sent, its effect is waited for and recorded, so the record is exactly what the
-    store accepted.
+    store accepted. An ``update_job`` whose caller gave up on it before it was sent (cancelled
+    while delayed or hung) may still land later, from ``background`` (a sync driver's
+    abandoned worker thread would).
+
+    Claims are decided by the chaos clock, not by the ``now`` the caller passes: the ``now``
+    forwarded to the inner store is replaced, as a database server's own ``now()`` would be,
+    so a scheduler whose wall clock is stepped tests only its own lease arithmetic.
     """
 
     def __init__(self, inner: JobStore[Work], config: ChaosConfig, on_finished: Callable[[str], None]) -> None:
@@ -298,43 +480,49 @@ class ChaosStore:
         self.by_lease: dict[tuple[str, str], Claim] = {}
         """Claims by (job id, lease token): a store may claim a batch under one token (MongoStore does)."""
         self.events: Counter[str] = Counter()
+        self.inserted: Counter[str] = Counter()
+        """Inserts the store accepted, by job id."""
+        self.faults = StoreFaults(config)
+        self.background: TaskGroup | None = None
+        """Where abandoned writes land late from (none: they never land)."""
         self._seq = 0
-        self._random = random.Random(f"{config.seed}/store")
         self._on_finished = on_finished
 
     def _next_seq(self) -> int:
         self._seq += 1
         return self._seq
 
-    async def _enter(self, process: Process, operation: str) -> bool:
-        """Fail before the store, or delay; ``False`` if the caller's process is dead by then."""
+    async def _enter(self, process: Process, operation: str, *, renewal: bool = False) -> Fault | None:
+        """Fail before the store, hang, or delay; the call's fault, ``None`` if the caller's process is dead by then."""
         self.events[f"calls {operation}"] += 1
+        fault: Fault = "none"
         if process.flaky:
-            draw = self._random.random()
-            if draw < self.config.fail_rate / 2:
+            fault = self.faults.draw(operation, renewal=renewal)
+            if fault == "fail before":
                 self.events["store failures before"] += 1
                 raise TransientStoreError(f"chaos: {operation} failed before reaching the store")
-            if draw < self.config.fail_rate:
-                process.fail_next_reply = True
-            else:
-                await anyio.sleep(self._random.uniform(0.0, self.config.store_delay))
+            if fault == "hang":
+                self.events["renewals hung" if renewal else "store calls hung"] += 1
+                await process.hang()
+            if fault == "none":
+                await anyio.sleep(self.faults.delay())
         else:
             await anyio.lowlevel.checkpoint()
-        return not process.dead
+        return None if process.dead else fault
 
-    def _exit(self, process: Process, operation: str) -> None:
+    def _exit(self, fault: Fault, operation: str) -> None:
         """Lose the reply of a call that reached the store, if the draw said so."""
-        if process.fail_next_reply:
-            process.fail_next_reply = False
+        if fault == "lost reply":
             self.events["store failures after (lost reply)"] += 1
             raise TransientStoreError(f"chaos: {operation} reached the store but its reply was lost")
 
     async def fetch_pending_jobs(
         self, process: Process, now: datetime, limit: int, visibility_timeout: timedelta
     ) -> list[Job[Work]]:
-        if not await self._enter(process, "fetch_pending_jobs"):
-            process.fail_next_reply = False
+        fault = await self._enter(process, "fetch_pending_jobs")
+        if fault is None:
             return []
+        now = chaos_clock()  # the server's clock decides, not the caller's (see the class docstring)
         start = self._next_seq()
         jobs = await _shielded(lambda: self.inner.fetch_pending_jobs(now, limit, visibility_timeout))
         end = self._next_seq()
@@ -349,47 +537,86 @@ class ChaosStore:
             self.by_lease[job.id, job.lease] = claim
             claims.append(claim)
         if process.dead:  # the reply reached no one
-            process.fail_next_reply = False
             return []
-        if jobs and process.fail_next_reply:
+        if jobs and fault == "hang after claim":
+            for claim in claims:
+                claim.reply_lost = True
+            try:
+                await process.hang()
+            finally:
+                self.events["claims cancelled after the store claimed"] += 1
+                self.events["jobs in cancelled claims"] += len(jobs)
+        if jobs and fault == "lost reply":
             self.events["lost fetch replies"] += 1
             self.events["jobs in lost fetch replies"] += len(jobs)
             for claim in claims:
                 claim.reply_lost = True
-        self._exit(process, "fetch_pending_jobs")
+        self._exit(fault, "fetch_pending_jobs")
         return jobs
 
     async def update_job(self, process: Process, job: Job[Work]) -> None:
         held = self.by_lease.get((job.id, job.lease or ""))
+        renewal = job.status is JobStatus.PENDING and job.visible_after is not None
         if held is not None:
-            renewal = job.status is JobStatus.PENDING and job.visible_after is not None
             (held.renew_attempts if renewal else held.outcome_attempts).append(chaos_clock())
-        if not await self._enter(process, "update_job"):
-            process.fail_next_reply = False
+        try:
+            fault = await self._enter(process, "update_job", renewal=renewal)
+        except anyio.get_cancelled_exc_class():
+            self._abandon(process, job)
+            raise
+        if fault is None:
             return
         start = self._next_seq()
         await _shielded(lambda: self.inner.update_job(job))  # LeaseLostError, JobNotFoundError: nothing written
+        self._record(job, start)
+        if not process.dead:
+            self._exit(fault, "update_job")
+
+    def _record(self, job: Job[Work], start: int, *, late: bool = False) -> None:
+        """Record an update the store accepted."""
         end = self._next_seq()
         assert job.lease is not None
         claim = self.by_lease.get((job.id, job.lease))
         if claim is None:
             self.events["writes under an unknown lease"] += 1
-        else:
-            kind = write_kind(claim, job)
-            claim.writes.append(Write(kind, chaos_clock(), job.visible_after, job.attempts, job.status, start, end))
-            self.events[f"writes {kind}"] += 1
-            if kind in ("completed", "failed"):
-                self._on_finished(job.id)
-        if process.dead:
-            process.fail_next_reply = False
             return
-        self._exit(process, "update_job")
+        kind = write_kind(claim, job)
+        claim.writes.append(Write(kind, chaos_clock(), job.visible_after, job.attempts, job.status, start, end, late))
+        self.events[f"writes {kind}"] += 1
+        if kind in ("completed", "failed"):
+            self._on_finished(job.id)
+
+    def _abandon(self, process: Process, job: Job[Work]) -> None:
+        """The caller gave up on ``job``'s write before it was sent: maybe it lands later anyway."""
+        delay = self.faults.lands_late() if process.flaky else None
+        if delay is None or self.background is None:
+            return
+        self.events["abandoned writes"] += 1
+        self.background.start_soon(self._land_late, process, job, delay)
+
+    async def _land_late(self, process: Process, job: Job[Work], delay: float) -> None:
+        await anyio.sleep(delay)
+        if process.dead:  # its thread died with it
+            return
+        kind = "renewals" if job.status is JobStatus.PENDING and job.visible_after is not None else "other writes"
+        start = self._next_seq()
+        try:
+            await _shielded(lambda: self.inner.update_job(job))
+        except (LeaseLostError, JobNotFoundError):
+            self.events[f"late {kind} refused"] += 1
+            return
+        self.events[f"late {kind} landed"] += 1
+        self._record(job, start, late=True)
 
     async def add_job(self, process: Process, job: Job[Work]) -> None:
-        if not await self._enter(process, "add_job"):
+        fault = await self._enter(process, "add_job")
+        if fault is None:
             return
         await _shielded(lambda: self.inner.add_job(job))
-        self._exit(process, "add_job")
+        self.inserted[job.id] += 1
+        if fault == "lost reply":
+            self.events["lost add_job replies"] += 1
+        self._exit(fault, "add_job")
 
 
 async def _shielded(call: Callable[[], Awaitable[R]]) -> R:
@@ -427,7 +654,16 @@ class Process:
         self.name = name
         self.flaky = flaky
         self.dead = False
-        self.fail_next_reply = False
+        self.hung = 0
+        """Calls of this process blocked until cancelled, right now."""
+
+    async def hang(self) -> None:
+        """Block until the caller cancels the call."""
+        self.hung += 1
+        try:
+            await anyio.sleep_forever()
+        finally:
+            self.hung -= 1
 
     async def fetch_pending_jobs(self, now: datetime, limit: int, visibility_timeout: timedelta) -> list[Job[Work]]:
         return await self.store.fetch_pending_jobs(self, now, limit, visibility_timeout)
@@ -437,6 +673,163 @@ class Process:
 
     async def add_job(self, job: Job[Work]) -> None:
         await self.store.add_job(self, job)
+
+
+# -- the handlers' behaviours -----------------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class Attempt:
+    """What a handler behaviour works with: the knobs, its own seeded draw, and a way to die (poison)."""
+
+    config: ChaosConfig
+    backend: str
+    draw: random.Random
+    die: Callable[[], Awaitable[None]]
+    foreign: bool = False
+    """Set just before the behaviour lets a cancellation of its own out (nobody cancelled the scheduler)."""
+
+
+Behaviour = Callable[[Attempt], Awaitable[None]]
+
+
+async def _quick(a: Attempt) -> None:
+    await anyio.sleep(a.draw.uniform(0.0, a.config.quick_run))
+
+
+async def _error(a: Attempt) -> None:
+    await _quick(a)
+    raise ValueError(ERROR_MESSAGE)
+
+
+async def _retry(a: Attempt) -> None:
+    await _quick(a)
+    raise RetryJob("chaos: not now", delay=a.draw.uniform(0.001, a.config.retry_delay))
+
+
+async def _fail(a: Attempt) -> None:
+    await _quick(a)
+    raise FailJob(FAIL_REASON)
+
+
+async def _past_timeout(a: Attempt) -> None:
+    await anyio.sleep(a.config.job_timeout * 3)
+
+
+async def _long(a: Attempt) -> None:
+    await anyio.sleep(a.draw.uniform(a.config.visibility_timeout * 1.2, a.config.job_timeout * 0.8))
+
+
+async def _poison(a: Attempt) -> None:
+    await a.die()
+
+
+async def _foreign_cancel(a: Attempt) -> None:
+    """asyncio: the handler cancels an inner task and awaits its result: ``CancelledError`` comes out
+    though nobody cancelled the scheduler. trio has no such thing: the handler's inner nursery is
+    cancelled (its own scope), then it raises an error."""
+    await _quick(a)
+    if a.backend == "asyncio":
+        import asyncio
+
+        inner = asyncio.ensure_future(asyncio.sleep(3600))
+        inner.cancel()
+        await asyncio.wait([inner])  # our own cancellation, if one comes, interrupts this wait
+        a.foreign = True
+        inner.result()  # raises the inner task's CancelledError
+        raise AssertionError("unreachable: a cancelled task has no result")
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(anyio.sleep_forever)
+        await anyio.lowlevel.checkpoint()
+        tg.cancel_scope.cancel()
+    raise ValueError(FOREIGN_MESSAGE)
+
+
+async def _raise(error: Exception) -> None:
+    raise error
+
+
+async def _group(a: Attempt) -> None:
+    """The handler's own task group: two tasks raise at once (an ``ExceptionGroup`` of two)."""
+    await _quick(a)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(_raise, ValueError(GROUP_MESSAGE))
+        tg.start_soon(_raise, KeyError(GROUP_MESSAGE))
+
+
+async def _group_with_cancel(a: Attempt) -> None:
+    """The handler's own task group: one task raises while its sibling is cancelled and cleans up."""
+
+    async def sibling() -> None:
+        try:
+            await anyio.sleep_forever()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await anyio.sleep(a.config.quick_run)
+
+    async def failing() -> None:
+        await _quick(a)
+        raise ValueError(GROUP_MESSAGE)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(sibling)
+        tg.start_soon(failing)
+
+
+async def _error_in_cancel(a: Attempt) -> None:
+    """Runs until we cancel it (timeout, lost lease, shutdown); its clean-up raises a ``ValueError``, a
+    group of errors, or a group of an error and our own cancellation (a nursery in the clean-up)."""
+    variant = a.draw.randrange(3)
+    try:
+        await anyio.sleep(a.config.job_timeout * 3)
+    except anyio.get_cancelled_exc_class() as cancelled:
+        if variant == 0:
+            raise ValueError(CLEANUP_MESSAGE) from None
+        if variant == 1:
+            raise ExceptionGroup(CLEANUP_MESSAGE, [ValueError(CLEANUP_MESSAGE), KeyError(CLEANUP_MESSAGE)]) from None
+        raise BaseExceptionGroup(CLEANUP_MESSAGE, [ValueError(CLEANUP_MESSAGE), cancelled]) from None
+
+
+async def _swallow_cancel(a: Attempt) -> None:
+    """Runs until we cancel it, catches the cancellation, waits a shielded moment, returns normally."""
+    try:
+        await anyio.sleep(a.config.job_timeout * 3)
+    except anyio.get_cancelled_exc_class():
+        with anyio.CancelScope(shield=True):
+            await anyio.sleep(a.draw.uniform(0.0, a.config.quick_run))
+
+
+HANDLERS: tuple[tuple[Action, str, Behaviour], ...] = (
+    ("error", "p_error", _error),
+    ("retry", "p_retry", _retry),
+    ("fail", "p_fail", _fail),
+    ("timeout", "p_timeout", _past_timeout),
+    ("long", "p_long", _long),
+    ("foreign cancel", "p_foreign_cancel", _foreign_cancel),
+    ("group", "p_group", _group),
+    ("group with cancel", "p_group_with_cancel", _group_with_cancel),
+    ("error in cancel", "p_error_in_cancel", _error_in_cancel),
+    ("swallow cancel", "p_swallow_cancel", _swallow_cancel),
+)
+"""Every behaviour a handler may draw: (action, the config knob of its chance, what it does)."""
+
+BEHAVIOURS: dict[Action, Behaviour] = {"ok": _quick, "kill": _poison}
+BEHAVIOURS.update((action, run) for action, _, run in HANDLERS)
+
+
+def _cancel_requested() -> bool:
+    """Whether a scope around us (the scheduler's: timeout, lost lease, shutdown, death) has been cancelled."""
+    return anyio.current_effective_deadline() == -math.inf
+
+
+def _why_cancelled(incarnation: Incarnation, deadline: float) -> RunEnd:
+    if incarnation.dead:
+        return "died"
+    if incarnation.cancelling:
+        return "interrupted"
+    if anyio.current_time() >= deadline:
+        return "timeout"
+    return "lost"
 
 
 # -- the result ------------------------------------------------------------------------------------------
@@ -470,6 +863,19 @@ class ChaosResult:
     elapsed: float
     """Event-loop seconds (virtual on trio's mock clock)."""
     wall: float
+    behaviours: Counter[str] = field(default_factory=Counter[str])
+    """Handler runs by drawn behaviour."""
+    after_cancel: Counter[str] = field(default_factory=Counter[str])
+    """Runs that raised something else, or returned, after we cancelled them (and why we did)."""
+    adds: Counter[str] = field(default_factory=Counter[str])
+    """Jobs the producer added during the run through Scheduler.add_job, and how those adds went."""
+    stops: Counter[str] = field(default_factory=Counter[str])
+    clock_steps: int = 0
+    lost_after_steps: tuple[int, int] = (0, 0)
+    """(handlers of the stepped instance cancelled for a lost lease within a lease after a step, at risk)."""
+    run_violations: list[str] = field(default_factory=list[str])
+    """Crashes, stops nobody asked for, stops past their bound, adds that raised or inserted twice, clock
+    steps that cancelled (nearly) every running handler."""
 
     @property
     def unexplained(self) -> int:
@@ -488,10 +894,34 @@ class ChaosResult:
         problems = [f"{count} {what}" for what, count in self._must_be_zero().items() if count]
         if self.completed + self.failed + self.lost != self.jobs:
             problems.append(f"{self.completed} completed + {self.failed} failed + {self.lost} lost != {self.jobs}")
-        return problems + self.anomalies
+        return problems + self.anomalies + self.run_violations
 
     def _must_be_zero(self) -> dict[str, int]:
         return {"lost": self.lost, "unexplained": self.unexplained, "overlapping": self.overlaps}
+
+    def new_fault_events(self) -> dict[str, int]:
+        """How often each misbehaving handler and each store fault beyond failures happened."""
+        return {
+            "handler raised a foreign cancellation": self.behaviours["foreign cancel"],
+            "handler's task group raised several errors": self.behaviours["group"],
+            "handler's task group: error while a sibling was cancelled": self.behaviours["group with cancel"],
+            "handler raised from its clean-up after our cancellation": sum(
+                n for what, n in self.after_cancel.items() if what.startswith("raised")
+            ),
+            "handler swallowed our cancellation": sum(
+                n for what, n in self.after_cancel.items() if what.startswith("swallowed")
+            ),
+            "store call hung until cancelled": self.events["store calls hung"],
+            "renewal hung until cancelled": self.events["renewals hung"],
+            "abandoned write landed late": self.events["late renewals landed"]
+            + self.events["late other writes landed"]
+            + self.events["late renewals refused"]
+            + self.events["late other writes refused"],
+            "claim cancelled after the store claimed": self.events["claims cancelled after the store claimed"],
+            "job added during the run": self.adds["added during the run"],
+            "add_job reply lost after the insert": self.events["lost add_job replies"],
+            "clock step": self.clock_steps,
+        }
 
     def common_events(self) -> dict[str, int]:
         """How often each kind of chaos every run should see happened (a test wants none at 0)."""
@@ -521,6 +951,34 @@ class ChaosResult:
                 "jobs in lost fetch replies",
             )
         )
+        behaviours = ", ".join(f"{name} {n:,}" for name, n in sorted(self.behaviours.items()))
+        after_cancel = ", ".join(f"{name} {n:,}" for name, n in sorted(self.after_cancel.items()))
+        hangs = ", ".join(
+            f"{name} {self.events[name]:,}"
+            for name in (
+                "store calls hung",
+                "renewals hung",
+                "claims cancelled after the store claimed",
+                "jobs in cancelled claims",
+                "abandoned writes",
+                "late renewals landed",
+                "late renewals refused",
+                "late other writes landed",
+                "late other writes refused",
+            )
+        )
+        adds = (
+            f"{self.adds['added during the run']:,} through Scheduler.add_job, "
+            f"{self.events['lost add_job replies']:,} replies lost after the insert, "
+            f"{self.adds['adds that raised']:,} raised, {self.adds['added twice or more']:,} inserted twice"
+        )
+        lost, at_risk = self.lost_after_steps
+        steps = f"{self.clock_steps:,}; handlers cancelled for a lost lease right after one: {lost:,} of {at_risk:,}"
+        stops = ", ".join(
+            f"{how} {self.stops[how + 's']:,} ({self.stops[how + 's over bound']:,} over bound, "
+            f"longest {self.stops['longest ' + how + ' ms'] / 1000:.2f}s)"
+            for how in ("cancel", "shutdown", "kill")
+        )
         rows = [
             ("backend / store", f"{self.backend} / {self.store}"),
             ("jobs", f"{self.jobs:,}"),
@@ -538,12 +996,20 @@ class ChaosResult:
             ("outcomes not recorded, lease ran out first", f"{self.dropped_outcomes:,}"),
             ("instance events", actions),
             ("store chaos", store),
+            ("handler behaviours", behaviours),
+            ("raised/returned after our cancel", after_cancel or "none"),
+            ("store hangs and late writes", hangs),
+            ("jobs added during the run", adds),
+            ("clock steps (instance 0)", steps),
+            ("stops", stops),
+            ("violations (must be 0)", f"{len(self.run_violations):,}"),
             ("finished in the drain", f"{self.finished_in_drain:,}"),
             ("time", f"{self.elapsed:.2f}s event loop, {self.wall:.2f}s wall"),
         ]
         width = max(len(name) for name, _ in rows)
         lines = [f"{name:<{width}}  {value}" for name, value in rows]
         lines += [f"  ANOMALY: {anomaly}" for anomaly in self.anomalies[:20]]
+        lines += [f"  VIOLATION: {violation}" for violation in self.run_violations[:20]]
         return "\n".join(lines)
 
 
@@ -584,6 +1050,12 @@ class ChaosRun:
         self._progress = anyio.Event()
         self._wake_at = 0
         self._control_random = random.Random(f"{config.seed}/control")
+        self._tg: TaskGroup | None = None
+        self.violations: list[str] = []
+        """What the instances did that they must not: crash, stop unasked, overrun a stop's bound; failed adds."""
+        self.stepped_clock = SteppedClock()
+        self.added_late = round(config.jobs * config.added_during_run)
+        self.adds: Counter[str] = Counter()
 
     # -- bookkeeping hooks ---------------------------------------------------------------------
 
@@ -602,14 +1074,8 @@ class ChaosRun:
             return "kill"
         c = self.config
         draw = random.Random(f"{c.seed}/{job.id}/{run_number}").random()
-        odds: tuple[tuple[Action, float], ...] = (
-            ("error", c.p_error),
-            ("retry", c.p_retry),
-            ("fail", c.p_fail),
-            ("timeout", c.p_timeout),
-            ("long", c.p_long),
-        )
-        for action, p in odds:
+        for action, knob, _ in HANDLERS:
+            p: float = getattr(c, knob)
             if draw < p:
                 return action
             draw -= p
@@ -622,59 +1088,49 @@ class ChaosRun:
         return handle
 
     async def _handle(self, incarnation: Incarnation, job: Job[Work]) -> None:
-        c = self.config
+        """Run the drawn behaviour and record how the run ended (and, if we cancelled it, why)."""
         number = self.runs_of[job.id]
         self.runs_of[job.id] += 1
         action = self._decide(job, number)
-        run = Run(job.id, job.lease, job.attempts, incarnation.name, action, chaos_clock())
+        run = Run(job.id, job.lease, job.attempts, incarnation.name, action, chaos_clock(), began=anyio.current_time())
         self.runs.append(run)
+        incarnation.running.add(run)
         if len(self.runs) >= self._wake_at:
             self._progress.set()
         # The scheduler's job-timeout deadline, exactly: a cancellation at or past it is the
         # timeout (elapsed time measured from here would fall short by the lines run before).
         deadline = anyio.current_effective_deadline()
-        draw = random.Random(f"{c.seed}/{job.id}/{number}/length")
+        attempt = Attempt(
+            self.config,
+            self.backend,
+            random.Random(f"{self.config.seed}/{job.id}/{number}/length"),
+            lambda: self._die_of_poison(incarnation),
+        )
         try:
-            if action == "kill":
-                if incarnation.drain:
-                    raise RuntimeError(POISON_OUTSIDE_CHAOS)
-                self.actions["death by poison job"] += 1
-                self.kill(incarnation)
-                await anyio.sleep_forever()
-            elif action == "timeout":
-                await anyio.sleep(c.job_timeout * 3)
-            elif action == "long":
-                await anyio.sleep(draw.uniform(c.visibility_timeout * 1.2, c.job_timeout * 0.8))
-            else:
-                await anyio.sleep(draw.uniform(0.0, c.quick_run))
-            if action == "error":
-                raise ValueError(ERROR_MESSAGE)
-            if action == "retry":
-                raise RetryJob("chaos: not now", delay=draw.uniform(0.001, c.retry_delay))
-            if action == "fail":
-                raise FailJob(FAIL_REASON)
+            await BEHAVIOURS[action](attempt)
             run.kind = "completed"
         except anyio.get_cancelled_exc_class():
-            if incarnation.dead:
-                run.kind = "died"
-            elif incarnation.cancelling:
-                run.kind = "interrupted"
-            elif anyio.current_time() >= deadline:
-                run.kind = "timeout"
-            else:
-                run.kind = "lost"
+            foreign = attempt.foreign and not _cancel_requested()
+            run.kind = "error" if foreign else _why_cancelled(incarnation, deadline)
             raise
-        except RetryJob:
-            run.kind = "retry"
+        except BaseException as error:  # errors and groups, some with our cancellation inside
+            run.kind = "retry" if isinstance(error, RetryJob) else "fail" if isinstance(error, FailJob) else "error"
+            if _cancel_requested():
+                run.kind, run.after_cancel = _why_cancelled(incarnation, deadline), "raised"
             raise
-        except FailJob:
-            run.kind = "fail"
-            raise
-        except Exception:
-            run.kind = "error"
-            raise
+        else:
+            if _cancel_requested():
+                run.kind, run.after_cancel = _why_cancelled(incarnation, deadline), "swallowed"
         finally:
-            run.end = chaos_clock()
+            run.end, run.ended = chaos_clock(), anyio.current_time()
+            incarnation.running.discard(run)
+
+    async def _die_of_poison(self, incarnation: Incarnation) -> None:
+        if incarnation.drain:
+            raise RuntimeError(POISON_OUTSIDE_CHAOS)
+        self.actions["death by poison job"] += 1
+        self.kill(incarnation)
+        await anyio.sleep_forever()
 
     # -- the instances and the controller ----------------------------------------------------------
 
@@ -691,7 +1147,7 @@ class ChaosRun:
             store_backoff=c.store_backoff,
             retry=RetryPolicy(max_attempts=c.max_attempts, backoff=c.retry_backoff),
             job_timeout=c.job_timeout,
-            clock=chaos_clock,
+            clock=self.stepped_clock if incarnation.slot == STEPPED_SLOT else chaos_clock,
         )
 
     async def _instance(self, slot: int) -> None:
@@ -704,16 +1160,60 @@ class ChaosRun:
             incarnation.scheduler = self._scheduler(incarnation)
             self.incarnations.append(incarnation)
             self.current[slot] = incarnation
-            with incarnation.scope:
-                await incarnation.scheduler.run()
+            await self._live(incarnation)
             self.current[slot] = None
             if not self.stopping:
                 await anyio.sleep(restart.uniform(0.0, self.config.restart_delay))
+
+    async def _live(self, incarnation: Incarnation) -> None:
+        """Run one incarnation; a crash, or a stop nobody asked for, is a violation (the run goes on)."""
+        assert incarnation.scheduler is not None
+        try:
+            with incarnation.scope:
+                await incarnation.scheduler.run()
+        except BaseException as error:
+            if _cancel_requested():  # the whole chaos run is being cancelled
+                raise
+            self.violations.append(f"{incarnation.name} crashed: {_describe(error)}")
+        else:
+            if not incarnation.stops:
+                self.violations.append(f"{incarnation.name}: run() returned though nobody asked it to stop")
+        finally:
+            incarnation.stopped_at = anyio.current_time()
+            incarnation.stopped.set()
+
+    def _ask_stop(self, incarnation: Incarnation, how: Literal["cancel", "shutdown", "kill"]) -> None:
+        """Record the request and its bound, and watch that the incarnation stops within it."""
+        c, now = self.config, anyio.current_time()
+        bound = c.shutdown_timeout + c.stop_margin
+        if how == "shutdown":  # the handlers still running may take the rest of their job timeout
+            bound += max((run.began + c.job_timeout - now for run in incarnation.running), default=0.0)
+        request = StopRequest(how, now, max(bound, c.shutdown_timeout + c.stop_margin))
+        incarnation.stops.append(request)
+        if self._tg is not None and not incarnation.stopped.is_set():
+            self._tg.start_soon(self._watch_stop, incarnation, request)
+
+    async def _watch_stop(self, incarnation: Incarnation, request: StopRequest) -> None:
+        with anyio.move_on_after(request.bound):
+            await incarnation.stopped.wait()
+        if incarnation.stopped.is_set():
+            return
+        self.violations.append(
+            f"{incarnation.name}: {request.how} at {request.at:.2f}s not over within its bound of {request.bound:.2f}s"
+        )
+        if request.how == "shutdown" and not (incarnation.cancelling or incarnation.dead):
+            self._cancel(incarnation)  # escalate, so the run goes on
+
+    def _cancel(self, incarnation: Incarnation) -> None:
+        incarnation.cancelling = True
+        self._ask_stop(incarnation, "cancel")
+        incarnation.scope.cancel()
 
     def kill(self, incarnation: Incarnation) -> None:
         """A process death: nothing the incarnation sends reaches the store any more; its tasks are torn down."""
         incarnation.dead = True
         incarnation.process.dead = True
+        self._ask_stop(incarnation, "kill")
         incarnation.scope.cancel()
 
     async def _control(self) -> None:
@@ -727,38 +1227,71 @@ class ChaosRun:
             self._progress = anyio.Event()
             if self.chaos_done.is_set():
                 return
-            await self._progress.wait()
+            with anyio.move_on_after(c.stall_after):  # every instance may be stuck on a hung store call
+                await self._progress.wait()
             if self.stopping or self.chaos_done.is_set():
                 return
             await anyio.sleep(rng.uniform(0.0, 0.005))  # a random moment
-            alive = [
-                incarnation
-                for incarnation in self.current
-                if incarnation is not None and not (incarnation.dead or incarnation.cancelling or incarnation.graceful)
-            ]
+            alive = [incarnation for incarnation in self.current if incarnation is not None and incarnation.alive]
             if not alive:
                 continue
-            incarnation = rng.choice(alive)
+            stuck = [incarnation for incarnation in alive if incarnation.process.hung]
+            incarnation = rng.choice(stuck if stuck and rng.random() < 0.7 else alive)
             # Each kind once first (so a short run sees all three), then at random by weight.
             action = first.pop() if first else rng.choices(ACTIONS, weights=c.action_weights)[0]
             self.actions[action] += 1
             if action == "cancel":
-                incarnation.cancelling = True
-                incarnation.scope.cancel()
+                self._cancel(incarnation)
             elif action == "shutdown":
                 incarnation.graceful = True
+                self._ask_stop(incarnation, "shutdown")
                 assert incarnation.scheduler is not None
                 incarnation.scheduler.shutdown()
             else:
                 self.kill(incarnation)
 
+    async def _step_clock(self) -> None:
+        """Step instance 0's wall clock forward, back to true, back, to true, ... by ``clock_step`` leases."""
+        c = self.config
+        if c.clock_step_interval <= 0 or c.instances <= STEPPED_SLOT:
+            return
+        rng = random.Random(f"{c.seed}/clock")
+        step = c.clock_step * c.visibility_timeout
+        for offset in itertools.cycle((step, 0.0, -step, 0.0)):
+            await anyio.sleep(rng.uniform(c.clock_step_interval / 2, c.clock_step_interval * 1.5))
+            if self.stopping or self.chaos_done.is_set():
+                return
+            self.stepped_clock.step(offset)
+
+    async def _produce(self) -> None:
+        """Add the last jobs during the run, in batches as the first ones finish, through
+        ``Scheduler.add_job`` on a flaky process whose add_job replies are often lost after the insert."""
+        c = self.config
+        late = self.ids[len(self.ids) - self.added_late :]
+        if not late:
+            return
+        producer = Scheduler(Process(self.store, "producer"), _never_called, store_backoff=c.store_backoff)
+        batches = min(20, len(late))
+        early = len(self.ids) - len(late)
+        for i in range(batches):
+            while len(self.finished_ids) < early * 0.7 * i / batches and not self.stopping:  # noqa: ASYNC110
+                await anyio.sleep(c.fetch_interval)  # a poll is simplest: jobs finish in many places
+            for job_id in late[i::batches]:
+                n = int(job_id.rsplit("-", 1)[1])
+                self.adds["added during the run"] += 1
+                try:
+                    await producer.add_job(Job.create(Work(n), id=job_id, process_after=chaos_clock()))
+                except Exception as error:
+                    self.adds["adds that raised"] += 1
+                    self.violations.append(f"{job_id}: Scheduler.add_job raised {_describe(error)}")
+
     def _stop_all(self) -> None:
         self.stopping = True
         self._progress.set()
+        self.stepped_clock.step(0.0)
         for incarnation in self.current:
-            if incarnation is not None and not incarnation.dead:
-                incarnation.cancelling = True
-                incarnation.scope.cancel()
+            if incarnation is not None and not incarnation.dead and not incarnation.cancelling:
+                self._cancel(incarnation)
 
     async def _drain(self) -> None:
         """One clean scheduler on a non-flaky proxy until every job has finished."""
@@ -775,18 +1308,26 @@ class ChaosRun:
     async def run(self) -> ChaosResult:
         wall, began = time.perf_counter(), anyio.current_time()
         now = chaos_clock()
-        for n, job_id in enumerate(self.ids):
+        for n, job_id in enumerate(self.ids[: len(self.ids) - self.added_late]):
             await self.inner.add_job(Job.create(Work(n), id=job_id, process_after=now))
-        async with anyio.create_task_group() as tg:
-            for slot in range(self.config.instances):
-                tg.start_soon(self._instance, slot)
-            tg.start_soon(self._control)
-            with anyio.move_on_after(self.config.chaos_timeout):
-                await self.chaos_done.wait()
-            self._stop_all()
-        finished_in_chaos = len(self.finished_ids)
-        await anyio.sleep(self.config.visibility_timeout * 1.05)  # every lease left behind has expired
-        await self._drain()
+            self.store.inserted[job_id] += 1
+        async with anyio.create_task_group() as background:  # late writes land from here
+            self.store.background = background
+            async with anyio.create_task_group() as tg:
+                self._tg = tg
+                for slot in range(self.config.instances):
+                    tg.start_soon(self._instance, slot)
+                tg.start_soon(self._control)
+                tg.start_soon(self._step_clock)
+                tg.start_soon(self._produce)
+                with anyio.move_on_after(self.config.chaos_timeout):
+                    await self.chaos_done.wait()
+                self._stop_all()
+            self._tg = None
+            finished_in_chaos = len(self.finished_ids)
+            await anyio.sleep(self.config.visibility_timeout * 1.05)  # every lease left behind has expired
+            await self._drain()
+        self.store.background = None
         final = await _final_jobs(self.inner, self.ids)
         return self._check(
             final,
@@ -859,6 +1400,9 @@ class ChaosRun:
                         f"{previous.lease_end(before_seq=claim.end_seq)}"
                     )
 
+        anomalies += self._writes_after_outcome()
+        grace = timedelta(seconds=self.config.visibility_timeout)
+        """How long past its lease a handler may take to notice and end."""
         extra: Counter[Cause] = Counter()
         overlaps = 0
         long_runs_renewed = 0
@@ -866,16 +1410,16 @@ class ChaosRun:
         for job_id, runs in runs_by_job.items():
             claims = self.store.claims.get(job_id, [])
             for run in runs:
-                claim = self.store.by_lease.get((job_id, run.lease or ""))
-                if claim is None:
+                held = self.store.by_lease.get((job_id, run.lease or ""))
+                if held is None:
                     anomalies.append(f"{job_id}: a run under lease {run.lease} the store never handed out")
                     continue
-                problem = _inconsistency(run, claim, killed=killed_in.get(run.incarnation, False))
+                problem = _inconsistency(run, held, killed=killed_in.get(run.incarnation, False))
                 if problem == DROPPED:
                     dropped += 1
                 elif problem:
                     anomalies.append(f"{job_id}: {problem}")
-                if run.action == "long" and run.kind == "completed" and any(w.kind == "renew" for w in claim.writes):
+                if run.action == "long" and run.kind == "completed" and any(w.kind == "renew" for w in held.writes):
                     long_runs_renewed += 1
             for earlier, later in itertools.pairwise(runs):
                 extra[self._cause(job_id, earlier, later, claims, anomalies)] += 1
@@ -890,6 +1434,12 @@ class ChaosRun:
                     if first is None or second is None or second.now < first.lease_end():
                         overlaps += 1
                         anomalies.append(f"{job_id}: runs on {earlier.lease} and {later.lease} overlapped while leased")
+                    elif earlier.end is None or earlier.end > first.lease_end() + grace:
+                        overlaps += 1
+                        anomalies.append(
+                            f"{job_id}: run on {earlier.lease} ({earlier.incarnation}) went on past its lease's end "
+                            f"while {later.lease} held the job (two holders)"
+                        )
 
         runs_per_job: Counter[int] = Counter(len(runs_by_job.get(job_id, [])) for job_id in self.ids)
         return ChaosResult(
@@ -913,7 +1463,81 @@ class ChaosRun:
             finished_in_drain=finished_in_drain,
             elapsed=elapsed,
             wall=wall,
+            behaviours=Counter(run.action for run in self.runs),
+            after_cancel=Counter(f"{run.after_cancel} ({run.kind})" for run in self.runs if run.after_cancel),
+            adds=self.adds + Counter({"added twice or more": self._added_twice()}),
+            stops=self._stop_figures(),
+            clock_steps=len(self.stepped_clock.steps),
+            lost_after_steps=self._lost_after_steps(),
+            run_violations=self.violations + self._add_violations() + self._step_violations(),
         )
+
+    def _writes_after_outcome(self) -> list[str]:
+        """A write accepted under a lease after that lease's outcome (or release) was: the fence let it in."""
+        found: list[str] = []
+        for claims in self.store.claims.values():
+            for claim in claims:
+                ends = [w for w in claim.writes if w.kind != "renew"]
+                if ends:
+                    after = [w for w in claim.writes if w.start_seq > ends[0].end_seq]
+                    found += [
+                        f"{claim.job_id}: {'late ' if w.late else ''}{w.kind} accepted under lease {claim.lease} "
+                        f"after its {ends[0].kind}"
+                        for w in after
+                    ]
+        return found
+
+    def _added_twice(self) -> int:
+        return sum(1 for job_id in self.ids if self.store.inserted[job_id] > 1)
+
+    def _add_violations(self) -> list[str]:
+        return [f"{job_id}: inserted {n} times" for job_id in self.ids if (n := self.store.inserted[job_id]) != 1]
+
+    def _stop_figures(self) -> Counter[str]:
+        """Stops by kind, how many overran their bound, and the longest (ms) and the tightest bound (ms) of each."""
+        figures: Counter[str] = Counter()
+        for incarnation in self.incarnations:
+            if not incarnation.stops or incarnation.stopped_at is None:
+                continue
+            first = incarnation.stops[0]
+            took = incarnation.stopped_at - first.at
+            figures[f"{first.how}s"] += 1
+            figures[f"{first.how}s over bound"] += took > first.bound
+            figures[f"longest {first.how} ms"] = max(figures[f"longest {first.how} ms"], round(took * 1000))
+        return figures
+
+    def _stepped_runs_at(self, moment: float) -> list[Run]:
+        """The stepped instance's runs going on at event-loop time ``moment``."""
+        prefix = f"i{STEPPED_SLOT}."
+        return [
+            run
+            for run in self.runs
+            if run.incarnation.startswith(prefix) and run.began <= moment and (run.ended is None or run.ended > moment)
+        ]
+
+    def _lost_after_step(self, at: float) -> tuple[int, int]:
+        """(handlers cancelled for a lost lease within one lease after the step at ``at``, handlers at risk):
+        at risk are those running at the step and still running a third of a lease later, or lost."""
+        vt = self.config.visibility_timeout
+        running = self._stepped_runs_at(at)
+        lost = [r for r in running if r.kind == "lost" and r.ended is not None and r.ended <= at + vt]
+        at_risk = [r for r in running if r in lost or r.ended is None or r.ended > at + vt / 3]
+        return len(lost), len(at_risk)
+
+    def _lost_after_steps(self) -> tuple[int, int]:
+        pairs = [self._lost_after_step(at) for at, _ in self.stepped_clock.steps]
+        return sum(lost for lost, _ in pairs), sum(at_risk for _, at_risk in pairs)
+
+    def _step_violations(self) -> list[str]:
+        found: list[str] = []
+        for at, offset in self.stepped_clock.steps:
+            lost, at_risk = self._lost_after_step(at)
+            if lost >= 2 and 2 * lost >= at_risk:
+                found.append(
+                    f"clock step to {offset:+.2f}s at {at:.2f}s: {lost} of {at_risk} running handlers on "
+                    f"i{STEPPED_SLOT} cancelled for a lost lease"
+                )
+        return found
 
     def _cause(self, job_id: str, earlier: Run, later: Run, claims: list[Claim], anomalies: list[str]) -> Cause:
         """Why ``later`` ran although ``earlier`` had run: what ended ``earlier``'s lease."""
@@ -947,6 +1571,13 @@ ENDING_FITS: dict[Ending, frozenset[RunEnd]] = {
 }
 
 
+AFTER_CANCEL_FITS: dict[str | None, frozenset[Ending]] = {
+    "raised": frozenset({"retry", "failed", "release"}),
+    "swallowed": frozenset({"completed", "retry", "failed", "release"}),
+}
+"""A handler that raised something else, or returned, after we cancelled it: the scheduler may record
+that as the attempt's outcome, or as the interruption it caused."""
+
 DROPPED = "dropped"
 
 
@@ -960,7 +1591,7 @@ def _inconsistency(run: Run, claim: Claim, *, killed: bool) -> str | None:
         if claim.renewing_at(end) or end >= claim.lease_end() or any(at >= end for at in claim.outcome_attempts):
             return DROPPED  # a renewal that gave up, a lease gone before the result, or a write that never landed
         return f"run {run.kind} under {run.lease} on live {run.incarnation}, but nothing was written"
-    if run.kind in ENDING_FITS[ending]:
+    if run.kind in ENDING_FITS[ending] or ending in AFTER_CANCEL_FITS.get(run.after_cancel, frozenset[Ending]()):
         return None
     return f"run {run.kind} ({run.action}) under {run.lease} on {run.incarnation}, but the store recorded {ending}"
 
