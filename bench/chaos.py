@@ -54,6 +54,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import inspect
 import itertools
 import logging
 import math
@@ -604,9 +605,20 @@ class ChaosStore:
             await _shielded(lambda: self.inner.update_job(job))
         except (LeaseLostError, JobNotFoundError):
             self.events[f"late {kind} refused"] += 1
+            claim = self.by_lease.get((job.id, job.lease or ""))
+            if claim is not None and claim.ending() != "expired":
+                self.events[f"late {kind} refused after the lease's outcome"] += 1
             return
         self.events[f"late {kind} landed"] += 1
         self._record(job, start, late=True)
+
+    async def get_job(self, process: Process, job_id: str) -> Job[Work]:
+        """The inner store's job (``MemoryStore.get_job`` answers at once, the others are awaited); no faults."""
+        self.events["calls get_job"] += 1
+        await anyio.lowlevel.checkpoint()
+        found: Any = getattr(self.inner, "get_job")(job_id)  # noqa: B009 -- not every JobStore has one
+        job: Job[Work] = await found if inspect.isawaitable(found) else found
+        return job
 
     async def add_job(self, process: Process, job: Job[Work]) -> None:
         fault = await self._enter(process, "add_job")
@@ -673,6 +685,10 @@ class Process:
 
     async def add_job(self, job: Job[Work]) -> None:
         await self.store.add_job(self, job)
+
+    async def get_job(self, job_id: str) -> Job[Work]:
+        """Read a job back (a scheduler does, to tell its own lost add_job reply from a duplicate)."""
+        return await self.store.get_job(self, job_id)
 
 
 # -- the handlers' behaviours -----------------------------------------------------------------------------
@@ -963,6 +979,7 @@ class ChaosResult:
                 "abandoned writes",
                 "late renewals landed",
                 "late renewals refused",
+                "late renewals refused after the lease's outcome",
                 "late other writes landed",
                 "late other writes refused",
             )
@@ -1198,11 +1215,8 @@ class ChaosRun:
             await incarnation.stopped.wait()
         if incarnation.stopped.is_set():
             return
-        self.violations.append(
-            f"{incarnation.name}: {request.how} at {request.at:.2f}s not over within its bound of {request.bound:.2f}s"
-        )
         if request.how == "shutdown" and not (incarnation.cancelling or incarnation.dead):
-            self._cancel(incarnation)  # escalate, so the run goes on
+            self._cancel(incarnation)  # escalate, so the run goes on (_stop_violations reports the overrun)
 
     def _cancel(self, incarnation: Incarnation) -> None:
         incarnation.cancelling = True
@@ -1299,11 +1313,20 @@ class ChaosRun:
         incarnation = Incarnation(-1, 1, process, drain=True)
         incarnation.scheduler = self._scheduler(incarnation)
         self.incarnations.append(incarnation)
-        with anyio.fail_after(self.config.drain_timeout):
-            async with anyio.create_task_group() as tg:
-                await tg.start(incarnation.scheduler.run)
-                await self.finished.wait()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._live, incarnation)
+            with anyio.move_on_after(self.config.drain_timeout):
+                while not (self.finished.is_set() or incarnation.stopped.is_set()):
+                    with anyio.move_on_after(0.1):  # or the drain's scheduler crashed
+                        await self.finished.wait()
+            if self.finished.is_set():
+                incarnation.graceful = True
+                self._ask_stop(incarnation, "shutdown")
                 incarnation.scheduler.shutdown()
+            else:
+                unfinished = len(self.ids) - len(self.finished_ids)
+                self.violations.append(f"the drain ended with {unfinished} job(s) unfinished")
+                self._cancel(incarnation)
 
     async def run(self) -> ChaosResult:
         wall, began = time.perf_counter(), anyio.current_time()
@@ -1469,7 +1492,7 @@ class ChaosRun:
             stops=self._stop_figures(),
             clock_steps=len(self.stepped_clock.steps),
             lost_after_steps=self._lost_after_steps(),
-            run_violations=self.violations + self._add_violations() + self._step_violations(),
+            run_violations=self.violations + self._stop_violations() + self._add_violations() + self._step_violations(),
         )
 
     def _writes_after_outcome(self) -> list[str]:
@@ -1505,6 +1528,19 @@ class ChaosRun:
             figures[f"{first.how}s over bound"] += took > first.bound
             figures[f"longest {first.how} ms"] = max(figures[f"longest {first.how} ms"], round(took * 1000))
         return figures
+
+    def _stop_violations(self) -> list[str]:
+        """Every stop request that the incarnation outlived by more than its bound."""
+        found: list[str] = []
+        for incarnation in self.incarnations:
+            end = incarnation.stopped_at
+            for request in incarnation.stops:
+                took = math.inf if end is None else end - request.at
+                if took > request.bound:
+                    found.append(
+                        f"{incarnation.name}: {request.how} took {took:.2f}s, over its bound of {request.bound:.2f}s"
+                    )
+        return found
 
     def _stepped_runs_at(self, moment: float) -> list[Run]:
         """The stepped instance's runs going on at event-loop time ``moment``."""

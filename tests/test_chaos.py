@@ -1,9 +1,13 @@
 """The chaos run (``bench/chaos.py``) as a test: 10,000 jobs on a flaky memory store, three schedulers
-cancelled, shut down and killed at random, handlers that fail, retry, time out and run long.
+cancelled, shut down and killed at random, handlers that fail, retry, time out and run long, and
+hostile ones (foreign cancellations, exception groups, errors from and swallowing of our cancellation);
+store calls that hang and writes that land late, claims cancelled after the store made them, lost
+add_job replies, and one scheduler whose wall clock is stepped forward and back.
 
 No job may be lost, and every handler run beyond a job's first must be explained by a retry, an
-interruption or a real lease expiry. The test also checks that each kind of chaos actually happened,
-so it cannot pass by doing nothing.
+interruption or a real lease expiry; no scheduler may crash or stop unasked, and every stop must end
+within its bound. The test also checks that each kind of chaos actually happened, so it cannot pass
+by doing nothing.
 """
 
 from __future__ import annotations
@@ -37,18 +41,31 @@ async def test_no_job_is_lost_and_every_extra_run_is_explained() -> None:
     assert sum(result.extra_runs.values()) == result.runs - (JOBS - result.runs_per_job[0])
 
     # Each kind of chaos happened, and so did each kind of explained re-run.
-    happened = result.common_events() | {
-        "lost reply of a fetch that claimed jobs": result.events["lost fetch replies"],
-        "RetryJob": result.run_ends["retry"],
-        "FailJob": result.failed_by_reason["FailJob"],
-        "job timeout": result.run_ends["timeout"],
-        "long run renewed and run once": result.long_runs_renewed,
-        "process death": result.actions["kill"],
-        "death by poison job": result.actions["death by poison job"],
-        "run interrupted by a cancellation": result.run_ends["interrupted"],
-        "run cut short by its process's death": result.run_ends["died"],
-        "re-run after an interruption": result.extra_runs["interrupted"],
-        "poison job failed out of attempts": result.failed_by_reason["poison job"],
-        "job finished by the drain": result.finished_in_drain,
-    }
+    happened = (
+        result.common_events()
+        | {
+            "lost reply of a fetch that claimed jobs": result.events["lost fetch replies"],
+            "RetryJob": result.run_ends["retry"],
+            "FailJob": result.failed_by_reason["FailJob"],
+            "job timeout": result.run_ends["timeout"],
+            "long run renewed and run once": result.long_runs_renewed,
+            "process death": result.actions["kill"],
+            "death by poison job": result.actions["death by poison job"],
+            "run interrupted by a cancellation": result.run_ends["interrupted"],
+            "run cut short by its process's death": result.run_ends["died"],
+            "re-run after an interruption": result.extra_runs["interrupted"],
+            "poison job failed out of attempts": result.failed_by_reason["poison job"],
+            "job finished by the drain": result.finished_in_drain,
+            "late renewal refused by the store's fence after the outcome": result.events[
+                "late renewals refused after the lease's outcome"
+            ],
+            "instance stopped by a graceful shutdown within its bound": result.stops["shutdowns"],
+        }
+        | result.new_fault_events()
+    )
     assert [name for name, count in happened.items() if count == 0] == [], result.table()
+
+    # Every job added during the run was inserted exactly once, and none of those adds raised.
+    assert result.adds["added during the run"] == round(JOBS * config.added_during_run)
+    assert result.adds["adds that raised"] == 0, result.table()
+    assert result.adds["added twice or more"] == 0, result.table()
