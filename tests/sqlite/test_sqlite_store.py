@@ -32,7 +32,11 @@ from anysched import (
     open_scheduler,
 )
 from anysched.stores.sqlite import SCHEMA_VERSION, SQLiteStore, SQLiteStoreError
-from anysched.testing import T0, VT, Payload, at, job
+from anysched.testing import _T0 as T0
+from anysched.testing import _VT as VT
+from anysched.testing import Payload
+from anysched.testing import _at as at
+from anysched.testing import _job as job
 from support import RetryScenario
 
 pytestmark = pytest.mark.anyio
@@ -213,7 +217,7 @@ async def test_a_stored_payload_that_cannot_be_decoded_fails_its_job_and_spares_
     broken = raw.execute("SELECT status, attempts, last_error, visible_after FROM anysched_jobs WHERE id = 'broken'")
     status, attempts, last_error, visible_after = broken.fetchone()
     assert (status, attempts, visible_after) == ("failed", 1, None)
-    assert last_error.startswith("PayloadError: stored payload")
+    assert last_error.startswith("PayloadError: a stored payload is not a valid Payload: field 'n': ")
     assert "job broken" in caplog.text
     assert [j.id for j in await store.fetch_pending_jobs(at(3600), 10, VT)] == ["good-1", "good-3"]
 
@@ -270,7 +274,7 @@ async def test_purge_removes_only_old_completed_jobs(store: SQLiteStore[Payload]
 
 
 async def test_purge_deletes_in_batches(store: SQLiteStore[Payload], monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("anysched.stores.sqlite._PURGE_BATCH", 3)
+    monkeypatch.setattr("anysched.stores.sqlite._PURGE_STEP", 3)
     await store.add_jobs([job(n) for n in range(7)])
     for leased in await store.fetch_pending_jobs(T0, 10, VT):
         await store.update_job(completed(leased, at(1)))
@@ -308,14 +312,20 @@ async def test_next_due_time_follows_due_times_and_leases(store: SQLiteStore[Pay
     assert await store.next_due_time() == at(20)
 
 
-async def test_two_stores_on_one_file_never_share_a_job(db: Path) -> None:
-    count = 200
+@pytest.mark.parametrize("use_returning", [True, False], ids=["returning", "select-then-update"])
+async def test_two_stores_on_one_file_never_share_a_job(db: Path, use_returning: bool) -> None:
+    """Two connections claim at once, each in its own worker thread. Without ``RETURNING``
+    (SQLite < 3.35) the claim is a SELECT and then an UPDATE: only the write lock taken up
+    front (``BEGIN IMMEDIATE``) keeps the other connection from claiming between the two.
+    Under a deferred ``BEGIN`` a claim from a stale snapshot fails as busy here."""
+    count = 300
     async with SQLiteStore(db, Payload) as one, SQLiteStore(db, Payload) as two:
+        one._use_returning = two._use_returning = use_returning
         await one.add_jobs([job(n) for n in range(count)])
         claims: list[str] = []
 
         async def fetch(store: SQLiteStore[Payload]) -> None:
-            while batch := await store.fetch_pending_jobs(at(1), 7, VT):
+            while len(claims) <= count and (batch := await store.fetch_pending_jobs(at(1), 7, VT)):
                 claims.extend(j.id for j in batch)
 
         with anyio.fail_after(30):

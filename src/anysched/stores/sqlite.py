@@ -14,6 +14,7 @@ import logging
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Generator, Iterable, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
@@ -50,12 +51,32 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _MICROSECOND = timedelta(microseconds=1)
 _HAS_RETURNING = sqlite3.sqlite_version_info >= (3, 35, 0)
 _TRANSIENT_CODES = frozenset({5, 6, 15})  # SQLITE_BUSY, SQLITE_LOCKED, SQLITE_PROTOCOL (a WAL lock race)
-_PURGE_BATCH = 5000  # rows per purge transaction, so a big purge never holds the write lock for long
+_PURGE_STEP = 500  # rows per purge transaction: each holds the connection and the write lock only briefly
+_EXPIRY_BUDGET = 0.05  # seconds of expiry steps one fetch may run (at least one step)
 _MAX_EXPIRY_INTERVAL = timedelta(minutes=1)
 
-_COLUMNS = (
-    "id, payload, status, process_after, visible_after, processed_at, attempts, lease, last_error,"
-    " max_attempts, timeout"
+_FIELDS = (
+    "id",
+    "payload",
+    "status",
+    "process_after",
+    "visible_after",
+    "processed_at",
+    "attempts",
+    "lease",
+    "last_error",
+    "max_attempts",
+    "timeout",
+)
+"""The job table's columns: every statement and every row (a dict keyed by these) names them."""
+_COLUMNS = ", ".join(_FIELDS)
+_Row: TypeAlias = "dict[str, Any]"
+_LEASE_HELD = "id = :id AND lease = :lease AND status = 'pending' AND visible_after IS NOT NULL"
+"""The stored job is leased under the caller's token (``Job.accepts_write_fenced_by``); an outcome ends that."""
+_INSERT = f"INSERT INTO anysched_jobs ({_COLUMNS}) VALUES ({', '.join(f':{name}' for name in _FIELDS)})"
+_UPDATE = (
+    f"UPDATE anysched_jobs SET {', '.join(f'{name} = :{name}' for name in _FIELDS if name != 'id')}"
+    f" WHERE {_LEASE_HELD}"  # the WHERE sees the stored lease; the SET writes the same token
 )
 _CLAIMABLE = (
     "FROM anysched_jobs WHERE status = 'pending' AND process_after <= :now"
@@ -115,15 +136,16 @@ class SQLiteStore(Generic[T]):
     Several processes, each with its store, may share one file: claims are atomic across
     them. A network file system is not supported (SQLite's locks do not work there).
 
-    :param path: the database file (created if missing; its directory must exist), or
+    :param path: the database file (created if missing, readable by its owner only, like
+        the ``-wal`` and ``-shm`` files beside it; its directory must exist), or
         ``":memory:"`` for a private in-memory database
     :param payload_type: the payload's type (a dataclass, ``TypedDict``, pydantic model,
         ``dict[str, Any]`` …); payloads are stored as JSON through pydantic
     :param busy_timeout: how long a call waits for another process's write lock before it
         fails with :class:`~anysched.TransientStoreError` (which the scheduler retries)
-    :param completed_ttl: when set, completed jobs older than this are deleted now and then
-        (checked during claims, at most once a minute); by default they are kept until
-        :meth:`purge`
+    :param completed_ttl: when set, completed jobs older than this are deleted now and then:
+        after a claim, a few hundred at a time, for a few milliseconds per fetch, once a
+        minute at most when none is left; by default they are kept until :meth:`purge`
     :param synchronous: ``"full"`` (default) makes every commit durable across a power
         loss; ``"normal"`` is faster and still survives any process crash, but a power loss
         may undo the last commits (a job added or completed just before it)
@@ -173,6 +195,7 @@ class SQLiteStore(Generic[T]):
         self._connection: sqlite3.Connection | None = None
         self._closed = False
         self._next_expiry: int | None = None
+        self._expiring = False
 
     def __repr__(self) -> str:
         return f"SQLiteStore({self.path!r}, {self._codec.payload_type!r})"
@@ -218,18 +241,21 @@ class SQLiteStore(Generic[T]):
             return claimed
 
         try:
-            return await self._run(claim)
+            jobs = await self._run(claim)
+            await self._expire_completed(now_us)  # after the claim has committed, in steps of its own
+            return jobs
         except BaseException:
             # anyio waits for the thread and returns its result, delivering a cancellation at
             # the caller's next checkpoint, so the caller owns the jobs. Should the claim's
-            # result be lost all the same (an error or a cancellation raised after the commit),
-            # nobody has them: hand them back now rather than leave them leased until expiry.
+            # result be lost all the same (an error or a cancellation raised after the commit,
+            # or during the expiry steps), nobody has them: hand them back now rather than
+            # leave them leased until expiry.
             with anyio.CancelScope(shield=True):
                 await self._release_unreceived(claimed)
             raise
 
     async def update_job(self, job: Job[T]) -> None:
-        """Store ``job`` if the stored copy still carries ``job.lease`` (see :class:`~anysched.JobStore`)."""
+        """Store ``job`` while the stored copy is leased under ``job.lease`` (see :class:`~anysched.JobStore`)."""
         _check_job(job)
         row = self._row(job)
         await self._run(lambda connection: _update(connection, row))
@@ -270,11 +296,13 @@ class SQLiteStore(Generic[T]):
     async def purge(self, *, completed_before: datetime) -> int:
         """Delete completed jobs processed before ``completed_before``; return how many.
 
-        Pending and failed jobs are never purged. Deletes in batches of a few thousand
-        rows, each its own transaction, so other processes are not locked out for long.
+        Pending and failed jobs are never purged. Deletes a few hundred rows at a time, each
+        step its own transaction and its own turn on the connection, so neither other
+        processes nor this store's other calls (lease renewals above all) wait for long.
         """
         cutoff = _to_us(require_utc("completed_before", completed_before))
-        return await self._run(lambda connection: _purge(connection, cutoff))
+        deleted, _ = await self._delete_completed(cutoff, deadline=None)
+        return deleted
 
     # -- running calls in the worker thread ------------------------------------------------
 
@@ -322,94 +350,116 @@ class SQLiteStore(Generic[T]):
             jobs, broken = self._decode_claimed(rows)
             if broken:
                 _fail_undecodable(connection, broken, now_us)
-        self._expire_completed(connection, now_us)
         jobs.sort(key=lambda job: job.process_after)  # RETURNING gives rows in no particular order
         return jobs
 
-    def _decode_claimed(self, rows: Sequence[Any]) -> tuple[list[Job[T]], list[tuple[str, str]]]:
-        """The claimed jobs whose payloads decode, and (id, error) for those that do not."""
+    def _decode_claimed(self, rows: Sequence[_Row]) -> tuple[list[Job[T]], list[_Row]]:
+        """The claimed jobs whose payloads decode, and for those that do not, their failure."""
         jobs: list[Job[T]] = []
-        broken: list[tuple[str, str]] = []
+        broken: list[_Row] = []
         for row in rows:
             try:
                 jobs.append(self._job(row))
-            except PayloadError as error:
-                logger.error("job %s: %s; marking it failed", row[0], error)
-                broken.append((row[0], f"PayloadError: {error}"))
+            except PayloadError as error:  # its message names fields and kinds, never the payload
+                logger.error("job %s: %s; marking it failed", row["id"], error)
+                broken.append({"id": row["id"], "last_error": f"PayloadError: {error}"})
         return jobs, broken
 
-    def _expire_completed(self, connection: sqlite3.Connection, now_us: int) -> None:
-        """Delete completed jobs older than ``completed_ttl``, at most once per interval."""
-        if self._ttl is None or (self._next_expiry is not None and now_us < self._next_expiry):
+    # -- deleting completed jobs --------------------------------------------------------------
+
+    async def _expire_completed(self, now_us: int) -> None:
+        """Delete completed jobs older than ``completed_ttl``, after a claim, at most once per interval.
+
+        One fetch spends about ``_EXPIRY_BUDGET`` on it (at least one step); while a backlog
+        remains (its last step was full), the next fetch goes on with it rather than waiting
+        for the next interval.
+        """
+        if self._ttl is None or self._expiring or (self._next_expiry is not None and now_us < self._next_expiry):
             return
-        self._next_expiry = now_us + min(self._ttl, _MAX_EXPIRY_INTERVAL) // _MICROSECOND
+        self._expiring = True  # one fetch at a time: concurrent fetches would only compete for the connection
         try:
-            deleted = _purge(connection, now_us - self._ttl // _MICROSECOND)
-        except sqlite3.Error as error:  # housekeeping: the claim itself succeeded
+            deadline = time.monotonic() + _EXPIRY_BUDGET  # real work time, whatever the event loop's clock
+            deleted, backlog = await self._delete_completed(now_us - self._ttl // _MICROSECOND, deadline=deadline)
+        except Exception as error:  # housekeeping: the claim itself succeeded
             logger.warning("could not delete expired completed jobs: %r; trying again later", error)
-            return
+            deleted, backlog = 0, False
+        finally:
+            self._expiring = False
+        if not backlog:
+            self._next_expiry = now_us + min(self._ttl, _MAX_EXPIRY_INTERVAL) // _MICROSECOND
         if deleted:
             logger.info("deleted %d completed job(s) older than %s", deleted, self._ttl)
 
+    async def _delete_completed(self, cutoff_us: int, *, deadline: float | None) -> tuple[int, bool]:
+        """Delete completed jobs processed before ``cutoff_us`` in steps of ``_PURGE_STEP`` rows.
+
+        Each step is its own transaction and its own call on the connection, so every other
+        call of the store, lease renewals included, gets its turn between two steps.
+
+        :param deadline: stop after the step that ends past this ``time.monotonic()``
+            moment; ``None``: go on until none is left
+        :return: how many were deleted, and whether some may be left
+        """
+        deleted, step = 0, _PURGE_STEP
+        while True:
+            count = await self._run(lambda connection: _delete_completed_step(connection, cutoff_us, step))
+            deleted += count
+            if count < step:
+                return deleted, False
+            if deadline is not None and time.monotonic() >= deadline:
+                return deleted, True
+
     # -- rows and jobs -------------------------------------------------------------------------
 
-    def _row(self, job: Job[T]) -> tuple[Any, ...]:
-        """The job as a row in ``_COLUMNS`` order. :raises PayloadError: the payload cannot be encoded"""
+    def _row(self, job: Job[T]) -> _Row:
+        """The job as a row. :raises PayloadError: the payload cannot be encoded"""
+        data = self._codec.encode(job.payload)
         try:
-            payload = json.dumps(self._codec.encode(job.payload), allow_nan=False, separators=(",", ":"))
-        except (TypeError, ValueError) as error:
-            if isinstance(error, PayloadError):
-                raise
-            raise PayloadError(f"payload {job.payload!r} cannot be stored as JSON: {error}") from error
-        return (
-            job.id,
-            payload,
-            job.status.value,
-            _to_us(job.process_after),
-            _maybe_us(job.visible_after),
-            _maybe_us(job.processed_at),
-            job.attempts,
-            job.lease,
-            job.last_error,
-            job.max_attempts,
-            job.timeout,
-        )
+            payload = json.dumps(data, allow_nan=False, separators=(",", ":"))
+        except (TypeError, ValueError) as error:  # its text may quote the value (``nan``)
+            kind = type(error).__name__
+        else:
+            return {
+                "id": job.id,
+                "payload": payload,
+                "status": job.status.value,
+                "process_after": _to_us(job.process_after),
+                "visible_after": _maybe_us(job.visible_after),
+                "processed_at": _maybe_us(job.processed_at),
+                "attempts": job.attempts,
+                "lease": job.lease,
+                "last_error": job.last_error,
+                "max_attempts": job.max_attempts,
+                "timeout": job.timeout,
+            }
+        raise PayloadError(f"a payload of type {type(job.payload).__name__} cannot be stored as JSON ({kind})")
 
-    def _job(self, row: Sequence[Any]) -> Job[T]:
-        """The job a row (in ``_COLUMNS`` order) holds. :raises PayloadError: its payload does not decode"""
-        (
-            job_id,
-            payload,
-            status,
-            process_after,
-            visible_after,
-            processed_at,
-            attempts,
-            lease,
-            last_error,
-            max_attempts,
-            timeout,
-        ) = row
+    def _job(self, row: _Row) -> Job[T]:
+        """The job a row holds. :raises PayloadError: its payload does not decode"""
         return Job(
-            payload=self._decode(payload),
-            id=job_id,
-            status=JobStatus(status),
-            process_after=_from_us(process_after),
-            visible_after=_maybe_datetime(visible_after),
-            processed_at=_maybe_datetime(processed_at),
-            attempts=attempts,
-            lease=lease,
-            last_error=last_error,
-            max_attempts=max_attempts,
-            timeout=timeout,
+            payload=self._decode(row["payload"]),
+            id=row["id"],
+            status=JobStatus(row["status"]),
+            process_after=_from_us(row["process_after"]),
+            visible_after=_maybe_datetime(row["visible_after"]),
+            processed_at=_maybe_datetime(row["processed_at"]),
+            attempts=row["attempts"],
+            lease=row["lease"],
+            last_error=row["last_error"],
+            max_attempts=row["max_attempts"],
+            timeout=row["timeout"],
         )
 
     def _decode(self, text: str) -> T:
         try:
             data = json.loads(text)
-        except ValueError as error:
-            raise PayloadError(f"stored payload {text!r} is not JSON: {error}") from error
-        return self._codec.decode(data)
+        except json.JSONDecodeError as error:  # its ``doc`` holds the whole payload: not chained
+            where = f"{error.msg} at line {error.lineno} column {error.colno}"
+        except (TypeError, ValueError) as error:
+            where = type(error).__name__
+        else:
+            return self._codec.decode(data)
+        raise PayloadError(f"a stored payload is not JSON: {where}")
 
 
 # -- opening a database ---------------------------------------------------------------------
@@ -417,6 +467,7 @@ class SQLiteStore(Generic[T]):
 
 def _open(path: str, busy_timeout: float, synchronous: Synchronous) -> sqlite3.Connection:
     """A connection to ``path`` in WAL mode with the current schema, or a clear error."""
+    _create_private(path)
     try:
         # isolation_level=None: no implicit transactions; every write says BEGIN IMMEDIATE itself.
         connection = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None, check_same_thread=False)
@@ -432,6 +483,26 @@ def _open(path: str, busy_timeout: float, synchronous: Synchronous) -> sqlite3.C
             raise _translate(error, path, "cannot be used as a job store") from error
         raise
     return connection
+
+
+def _create_private(path: str) -> None:
+    """Create the database file readable and writable by its owner only, if it does not exist.
+
+    Jobs' payloads may hold secrets. SQLite gives the ``-wal`` and ``-shm`` files it creates
+    the database file's permissions, so they are private too. An existing file keeps its
+    mode; a path that cannot be created is left for :func:`sqlite3.connect` to report.
+    """
+    if path in ("", ":memory:"):  # private in-memory or temporary databases: no file of ours
+        return
+    try:
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError:
+        return
+    try:
+        if hasattr(os, "fchmod"):  # POSIX: 0o600 whatever the umask (one that masks the owner's bits too)
+            os.fchmod(descriptor, 0o600)
+    finally:
+        os.close(descriptor)
 
 
 def _ensure_schema(connection: sqlite3.Connection, path: str) -> None:
@@ -487,49 +558,42 @@ def _write(connection: sqlite3.Connection) -> Generator[None, None, None]:
         raise
 
 
-def _claim_returning(connection: sqlite3.Connection, params: dict[str, int]) -> list[Any]:
+def _records(cursor: sqlite3.Cursor) -> list[_Row]:
+    """The cursor's rows, each a dict keyed by column name."""
+    names = [column[0] for column in cursor.description]
+    return [dict(zip(names, values, strict=True)) for values in cursor.fetchall()]
+
+
+def _claim_returning(connection: sqlite3.Connection, params: dict[str, int]) -> list[_Row]:
     """Lease the due jobs in one statement (SQLite >= 3.35); each gets its own random lease token."""
-    return connection.execute(
-        "UPDATE anysched_jobs SET visible_after = :visible, lease = lower(hex(randomblob(16))),"
-        f" attempts = attempts + 1 WHERE rowid IN (SELECT rowid {_CLAIMABLE}) RETURNING {_COLUMNS}",
-        params,
-    ).fetchall()
+    return _records(
+        connection.execute(
+            "UPDATE anysched_jobs SET visible_after = :visible, lease = lower(hex(randomblob(16))),"
+            f" attempts = attempts + 1 WHERE rowid IN (SELECT rowid {_CLAIMABLE}) RETURNING {_COLUMNS}",
+            params,
+        )
+    )
 
 
-def _claim_select(connection: sqlite3.Connection, params: dict[str, int]) -> list[Any]:
+def _claim_select(connection: sqlite3.Connection, params: dict[str, int]) -> list[_Row]:
     """The same claim for SQLite < 3.35: select, then update; atomic, as the write lock is held."""
-    selected = connection.execute(f"SELECT {_COLUMNS} {_CLAIMABLE}", params).fetchall()
-    claimed = [_leased(row, params["visible"]) for row in selected]
+    selected = _records(connection.execute(f"SELECT {_COLUMNS} {_CLAIMABLE}", params))
+    claimed = [
+        {**row, "visible_after": params["visible"], "attempts": row["attempts"] + 1, "lease": new_lease_token()}
+        for row in selected
+    ]
     connection.executemany(
-        "UPDATE anysched_jobs SET visible_after = ?, attempts = ?, lease = ? WHERE id = ?",
-        [(*row[4:5], *row[6:8], row[0]) for row in claimed],
+        "UPDATE anysched_jobs SET visible_after = :visible_after, attempts = :attempts, lease = :lease WHERE id = :id",
+        claimed,
     )
     return claimed
 
 
-def _leased(row: Sequence[Any], visible_us: int) -> tuple[Any, ...]:
-    """A row (in ``_COLUMNS`` order) as the claim leaves it."""
-    job_id, payload, status, process_after, _, processed_at, attempts, _, last_error, max_attempts, timeout = row
-    return (
-        job_id,
-        payload,
-        status,
-        process_after,
-        visible_us,
-        processed_at,
-        attempts + 1,
-        new_lease_token(),
-        last_error,
-        max_attempts,
-        timeout,
-    )
-
-
-def _fail_undecodable(connection: sqlite3.Connection, broken: list[tuple[str, str]], now_us: int) -> None:
+def _fail_undecodable(connection: sqlite3.Connection, broken: list[_Row], now_us: int) -> None:
     connection.executemany(
-        "UPDATE anysched_jobs SET status = 'failed', processed_at = ?, visible_after = NULL, last_error = ?"
-        " WHERE id = ?",
-        [(now_us, message, job_id) for job_id, message in broken],
+        "UPDATE anysched_jobs SET status = 'failed', processed_at = :now, visible_after = NULL,"
+        " last_error = :last_error WHERE id = :id",
+        [{**failure, "now": now_us} for failure in broken],
     )
 
 
@@ -537,32 +601,25 @@ def _release(connection: sqlite3.Connection, jobs: Sequence[Job[Any]]) -> None:
     """Make claimed jobs visible again, with their attempt back, if their leases still hold."""
     with _write(connection):
         connection.executemany(
-            "UPDATE anysched_jobs SET visible_after = NULL, attempts = attempts - 1 WHERE id = ? AND lease = ?",
-            [(job.id, job.lease) for job in jobs],
+            f"UPDATE anysched_jobs SET visible_after = NULL, attempts = attempts - 1 WHERE {_LEASE_HELD}",
+            [{"id": job.id, "lease": job.lease} for job in jobs],
         )
 
 
-def _update(connection: sqlite3.Connection, row: tuple[Any, ...]) -> None:
+def _update(connection: sqlite3.Connection, row: _Row) -> None:
     with _write(connection):
-        cursor = connection.execute(
-            "UPDATE anysched_jobs SET payload = ?, status = ?, process_after = ?, visible_after = ?,"
-            " processed_at = ?, attempts = ?, lease = ?, last_error = ?, max_attempts = ?, timeout = ?"
-            " WHERE id = ? AND lease = ?",
-            (*row[1:], row[0], row[7]),
-        )
-        if cursor.rowcount == 0:
-            exists = connection.execute("SELECT 1 FROM anysched_jobs WHERE id = ?", (row[0],)).fetchone()
-            raise LeaseLostError(row[0]) if exists else JobNotFoundError(row[0])
+        if connection.execute(_UPDATE, row).rowcount == 0:
+            exists = connection.execute("SELECT 1 FROM anysched_jobs WHERE id = :id", row).fetchone()
+            raise LeaseLostError(row["id"]) if exists else JobNotFoundError(row["id"])
 
 
-def _insert(connection: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
-    statement = f"INSERT INTO anysched_jobs ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+def _insert(connection: sqlite3.Connection, rows: list[_Row]) -> None:
     with _write(connection):
         for row in rows:
             try:
-                connection.execute(statement, row)
+                connection.execute(_INSERT, row)
             except sqlite3.IntegrityError as error:
-                raise DuplicateJobError(row[0]) from error
+                raise DuplicateJobError(row["id"]) from error
 
 
 def _next_due(connection: sqlite3.Connection) -> int | None:
@@ -578,8 +635,9 @@ def _next_due(connection: sqlite3.Connection) -> int | None:
     return min(moments, default=None)
 
 
-def _select_one(connection: sqlite3.Connection, job_id: str) -> Any:
-    return connection.execute(f"SELECT {_COLUMNS} FROM anysched_jobs WHERE id = ?", (job_id,)).fetchone()
+def _select_one(connection: sqlite3.Connection, job_id: str) -> _Row | None:
+    rows = _records(connection.execute(f"SELECT {_COLUMNS} FROM anysched_jobs WHERE id = ?", (job_id,)))
+    return rows[0] if rows else None
 
 
 def _count(connection: sqlite3.Connection, status: JobStatus | None) -> int:
@@ -589,18 +647,14 @@ def _count(connection: sqlite3.Connection, status: JobStatus | None) -> int:
     return int(connection.execute(query, (status.value,)).fetchone()[0])
 
 
-def _purge(connection: sqlite3.Connection, cutoff_us: int) -> int:
-    deleted = 0
-    while True:
-        with _write(connection):
-            cursor = connection.execute(
-                "DELETE FROM anysched_jobs WHERE rowid IN (SELECT rowid FROM anysched_jobs"
-                " WHERE status = 'completed' AND processed_at < ? LIMIT ?)",
-                (cutoff_us, _PURGE_BATCH),
-            )
-        deleted += cursor.rowcount
-        if cursor.rowcount < _PURGE_BATCH:
-            return deleted
+def _delete_completed_step(connection: sqlite3.Connection, cutoff_us: int, limit: int) -> int:
+    """Delete up to ``limit`` completed jobs processed before ``cutoff_us``, in one transaction."""
+    with _write(connection):
+        return connection.execute(
+            "DELETE FROM anysched_jobs WHERE rowid IN (SELECT rowid FROM anysched_jobs"
+            " WHERE status = 'completed' AND processed_at < ? LIMIT ?)",
+            (cutoff_us, limit),
+        ).rowcount
 
 
 # -- errors and conversions ---------------------------------------------------------------------
