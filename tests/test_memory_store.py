@@ -95,7 +95,7 @@ async def test_naive_now_is_refused() -> None:
 
 async def test_only_jobs_are_stored() -> None:
     with pytest.raises(TypeError, match=r"job must be an anysched\.Job"):
-        await MemoryStore[Payload]().add_job({"id": "x"})  # type: ignore[arg-type]
+        await MemoryStore[Payload]().add_job({"id": "x"})  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
 
 
 async def test_finished_and_renewed_jobs_do_not_pile_up_in_the_index() -> None:

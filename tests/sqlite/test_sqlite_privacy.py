@@ -95,7 +95,7 @@ def no_card_like(value: str) -> str:
 
 def test_a_payload_that_cannot_be_encoded_is_named_by_type_only() -> None:
     with pytest.raises(PayloadError) as caught:
-        PayloadCodec(Payload).encode(Payload(n=CARD))  # type: ignore[arg-type]
+        PayloadCodec(Payload).encode(Payload(n=CARD))  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
     assert str(caught.value) == (
         "a payload of type Payload cannot be encoded as Payload: a value does not match its declared type"
     )
@@ -131,7 +131,7 @@ async def test_adding_a_payload_that_cannot_be_stored_shows_no_value(
     store: SQLiteStore[Payload], caplog: pytest.LogCaptureFixture
 ) -> None:
     with pytest.raises(PayloadError) as caught:
-        await store.add_job(Job.create(Payload(n=CARD)))  # type: ignore[arg-type]
+        await store.add_job(Job.create(Payload(n=CARD)))  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
     assert_no_card(caught.value)
     assert CARD not in caplog.text
 

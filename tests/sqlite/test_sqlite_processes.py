@@ -161,12 +161,11 @@ def check(workers: list[Worker], counts: list[int], jobs: dict[str, Job[int]]) -
     print(f"{JOBS} jobs, {len(workers)} processes, {len(killed_at)} killed: {again} second run(s), all explained")
 
 
-def check_runs(job: Job[int], runs: list[Run], killed_at: dict[int, float | None]) -> None:
+def check_runs(job: Job[int], runs: list[Run], killed_at: dict[int, float]) -> None:
     """Each run but the last was in a killed process; the next one began after the kill."""
     for earlier, later in itertools.pairwise(runs):
         assert earlier.pid in killed_at, f"{job.id} ran again after {earlier} in a live process"
         kill = killed_at[earlier.pid]
-        assert kill is not None
         assert later.started >= kill, f"{job.id}: {later} started before {earlier} was killed"
         assert later.attempt > earlier.attempt
     assert runs[-1].done

@@ -187,7 +187,7 @@ async def test_typed_payloads_round_trip(db: Path) -> None:
 
 
 async def test_a_payload_that_cannot_be_encoded_is_refused_and_nothing_is_stored(store: SQLiteStore[Payload]) -> None:
-    bad = Job.create(Payload(n="not a number"), id="bad")  # type: ignore[arg-type]
+    bad = Job.create(Payload(n="not a number"), id="bad")  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
     with pytest.raises(PayloadError, match="cannot be encoded as Payload"):
         await store.add_job(bad)
     with pytest.raises(PayloadError):

@@ -39,6 +39,7 @@ from .._time import Seconds, require_utc, to_seconds
 
 T = TypeVar("T")
 R = TypeVar("R")
+S = TypeVar("S", bound="SQLiteStore[Any]")  # `async with` gives back the store's own class (a subclass too)
 
 __all__ = ("SCHEMA_VERSION", "SQLiteStore", "SQLiteStoreError", "Synchronous")
 
@@ -214,7 +215,7 @@ class SQLiteStore(Generic[T]):
         """Close the connection. The store cannot be used afterwards."""
         await anyio.to_thread.run_sync(self._close, limiter=self._limiter)
 
-    async def __aenter__(self) -> SQLiteStore[T]:
+    async def __aenter__(self: S) -> S:
         await self.open()
         return self
 
