@@ -279,6 +279,11 @@ def mongo_config(**changes: Any) -> ChaosConfig:
         "restart_delay": 0.1,
         "stop_at": 0.95,
         "chaos_timeout": 60.0,
+        "p_error_in_cancel": 0.01,
+        "p_swallow_cancel": 0.01,
+        "p_hang": 0.003,
+        "p_renew_hang": 0.15,
+        "p_claim_cancelled": 0.02,
         "late_delay": 2.0,
         "clock_step_interval": 3.0,
         "stop_margin": 2.0,
@@ -320,6 +325,8 @@ class Claim:
     end_seq: int
     process: str
     reply_lost: bool = False
+    renewal_hung: bool = False
+    """A renewal under this lease hung until its caller gave up (the lease was then lost for a store's reason)."""
     writes: list[Write] = field(default_factory=list[Write])
     renew_attempts: list[datetime] = field(default_factory=list[datetime])
     """When the holder tried to renew the lease (every try, failed ones included)."""
@@ -493,7 +500,9 @@ class ChaosStore:
         self._seq += 1
         return self._seq
 
-    async def _enter(self, process: Process, operation: str, *, renewal: bool = False) -> Fault | None:
+    async def _enter(
+        self, process: Process, operation: str, *, renewal: bool = False, held: Claim | None = None
+    ) -> Fault | None:
         """Fail before the store, hang, or delay; the call's fault, ``None`` if the caller's process is dead by then."""
         self.events[f"calls {operation}"] += 1
         fault: Fault = "none"
@@ -504,6 +513,8 @@ class ChaosStore:
                 raise TransientStoreError(f"chaos: {operation} failed before reaching the store")
             if fault == "hang":
                 self.events["renewals hung" if renewal else "store calls hung"] += 1
+                if renewal and held is not None:
+                    held.renewal_hung = True
                 await process.hang()
             if fault == "none":
                 await anyio.sleep(self.faults.delay())
@@ -561,7 +572,7 @@ class ChaosStore:
         if held is not None:
             (held.renew_attempts if renewal else held.outcome_attempts).append(chaos_clock())
         try:
-            fault = await self._enter(process, "update_job", renewal=renewal)
+            fault = await self._enter(process, "update_job", renewal=renewal, held=held)
         except anyio.get_cancelled_exc_class():
             self._abandon(process, job)
             raise
@@ -1557,8 +1568,13 @@ class ChaosRun:
         vt = self.config.visibility_timeout
         running = self._stepped_runs_at(at)
         lost = [r for r in running if r.kind == "lost" and r.ended is not None and r.ended <= at + vt]
+        lost = [r for r in lost if not self._renewal_hung(r)]  # lost to the store, not to the step
         at_risk = [r for r in running if r in lost or r.ended is None or r.ended > at + vt / 3]
         return len(lost), len(at_risk)
+
+    def _renewal_hung(self, run: Run) -> bool:
+        claim = self.store.by_lease.get((run.job_id, run.lease or ""))
+        return claim is not None and claim.renewal_hung
 
     def _lost_after_steps(self) -> tuple[int, int]:
         pairs = [self._lost_after_step(at) for at, _ in self.stepped_clock.steps]
@@ -1701,6 +1717,24 @@ async def _main_mongo(config: ChaosConfig, uri: str, backend: str) -> ChaosResul
         sync_client.close()
 
 
+FAULT_KNOBS = (
+    "p_foreign_cancel",
+    "p_group",
+    "p_group_with_cancel",
+    "p_error_in_cancel",
+    "p_swallow_cancel",
+    "p_hang",
+    "p_renew_hang",
+    "p_claim_cancelled",
+    "p_late_landing",
+    "p_add_lost_reply",
+    "added_during_run",
+    "clock_step",
+    "clock_step_interval",
+)
+"""The knobs of the faults beyond store failures and process deaths, each a --option (see ChaosConfig)."""
+
+
 def main(argv: list[str] | None = None) -> int:
     store_choice = "mongo" if "mongo" in (argv if argv is not None else sys.argv[1:]) else "memory"
     defaults = mongo_config() if store_choice == "mongo" else ChaosConfig()
@@ -1749,6 +1783,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--p-fail", type=float, default=defaults.p_fail, help="(default: %(default)s)")
     parser.add_argument("--p-timeout", type=float, default=defaults.p_timeout, help="(default: %(default)s)")
     parser.add_argument("--p-long", type=float, default=defaults.p_long, help="(default: %(default)s)")
+    for knob in FAULT_KNOBS:
+        parser.add_argument(
+            f"--{knob.replace('_', '-')}", type=float, default=getattr(defaults, knob), help="(default: %(default)s)"
+        )
     parser.add_argument("--log-level", default=None, help="show anysched's log at this level (default: silent)")
     args = parser.parse_args(argv)
     if args.store == "mongo" and not args.uri:
@@ -1773,6 +1811,7 @@ def main(argv: list[str] | None = None) -> int:
             p_fail=args.p_fail,
             p_timeout=args.p_timeout,
             p_long=args.p_long,
+            **{knob: getattr(args, knob) for knob in FAULT_KNOBS},
         )
     except ValueError as error:
         parser.error(str(error))

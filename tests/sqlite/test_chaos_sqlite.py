@@ -39,8 +39,13 @@ async def test_chaos_on_sqlite_loses_no_job_and_explains_every_extra_run(tmp_pat
     print(result.table())
 
     assert result.violations() == [], result.table()
-    happened = result.common_events() | {
-        "job timeout": result.run_ends["timeout"],
-        "re-run after an interruption": result.extra_runs["interrupted"],
-    }
+    happened = (
+        result.common_events()
+        | {
+            "job timeout": result.run_ends["timeout"],
+            "re-run after an interruption": result.extra_runs["interrupted"],
+        }
+        | result.new_fault_events()
+    )
     assert [name for name, count in happened.items() if count == 0] == [], result.table()
+    assert result.adds["adds that raised"] == result.adds["added twice or more"] == 0, result.table()
