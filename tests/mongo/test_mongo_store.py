@@ -25,7 +25,11 @@ from pymongo.errors import (
 
 from anysched import Job, JobNotFoundError, JobStatus, PayloadError, TransientStoreError
 from anysched.stores.mongo import MongoStore, is_transient
-from anysched.testing import T0, VT, Payload, at, job
+from anysched.testing import _T0 as T0
+from anysched.testing import _VT as VT
+from anysched.testing import Payload
+from anysched.testing import _at as at
+from anysched.testing import _job as job
 
 pytestmark = pytest.mark.anyio
 

@@ -526,6 +526,8 @@ class MongoStore(Generic[T]):
 
 
 _PENDING: Document = {"status": JobStatus.PENDING.value}
+_LEASED: Document = {"status": JobStatus.PENDING.value, "visible_after": {"$ne": None}}
+"""A job whose lease is held: an outcome (finished, or ``visible_after`` cleared) ends it."""
 
 
 def _claimable(now: datetime) -> Document:
@@ -541,7 +543,9 @@ def _claim_update(token: str, lease_until: datetime) -> Document:
 
 
 def _fenced(job_id: str, lease: str) -> Document:
-    return {"_id": job_id, "lease": lease}
+    """Only while the lease is held (``Job.accepts_write_fenced_by``): an outcome ends it, so a
+    write sent before it with the same token (a renewal abandoned in a thread) cannot land after."""
+    return {"_id": job_id, "lease": lease, **_LEASED}
 
 
 def _claimable_at(job: Job[Any]) -> datetime | None:
