@@ -15,14 +15,16 @@ import socket
 import subprocess
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
 import anyio
+import anyio.lowlevel
 import pymongo
+import pymongo.errors
 import pytest
 
 URI_ENV = "MONGODB_URI"
@@ -149,3 +151,71 @@ async def open_collection(flavour: str, uri: str, name: str, **options: Any) -> 
             yield sync_client[DATABASE][name]
         finally:
             await anyio.to_thread.run_sync(sync_client.close)
+
+
+# -- fault injection -------------------------------------------------------------------------------
+
+
+class Injected(pymongo.errors.AutoReconnect):
+    """The fault a ``FaultyDriver`` raises: a transient driver error, as a dropped connection is."""
+
+
+class FaultyDriver:
+    """Wraps a MongoStore's driver (``store._driver``) and injects one fault into one call.
+
+    The ``nth`` call of ``method`` for which ``matching(*args)`` holds runs ``fault`` instead
+    of returning: before the real call (the request never reached the server) or, with
+    ``after_call``, after it (the server applied it and the reply was lost).
+    """
+
+    def __init__(
+        self,
+        inner: Any,
+        method: str,
+        fault: Callable[[], Awaitable[None]],
+        *,
+        nth: int = 1,
+        after_call: bool = False,
+        matching: Callable[..., bool] = lambda *args: True,
+    ) -> None:
+        self.inner = inner
+        self.method = method
+        self.fault = fault
+        self.nth = nth
+        self.after_call = after_call
+        self.matching = matching
+        self.seen = 0
+        self.injected = False
+
+    def __getattr__(self, name: str) -> Any:
+        target = getattr(self.inner, name)
+        if name != self.method:
+            return target
+
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            if self.injected or not self.matching(*args):
+                return await target(*args, **kwargs)
+            self.seen += 1
+            if self.seen < self.nth:
+                return await target(*args, **kwargs)
+            if self.after_call:
+                await target(*args, **kwargs)
+            self.injected = True
+            await self.fault()
+            raise AssertionError("the fault did not raise")
+
+        return call
+
+
+async def raise_injected() -> None:
+    raise Injected("injected fault")
+
+
+def cancelling(scope: anyio.CancelScope) -> Callable[[], Awaitable[None]]:
+    """A fault that cancels ``scope`` from inside the call, as a shutdown or a timeout would."""
+
+    async def fault() -> None:
+        scope.cancel()
+        await anyio.lowlevel.checkpoint()
+
+    return fault

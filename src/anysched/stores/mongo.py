@@ -12,6 +12,7 @@ import functools
 import logging
 from collections.abc import Callable, Generator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, Generic, Literal, Protocol, TypeVar
 
@@ -67,6 +68,8 @@ NEXT_DUE_INDEX = "anysched_next_due"
 TTL_INDEX = "anysched_completed_ttl"
 MAX_CLAIM_ROUNDS = 3
 """A batched claim that loses jobs to a concurrent claimer tries again at most this often."""
+HAND_BACK_TIMEOUT = 5.0
+"""Seconds a claim that failed part-way may spend, shielded, handing back the jobs it won."""
 
 TRANSIENT_CODES = frozenset(
     {
@@ -323,12 +326,19 @@ class MongoStore(Generic[T]):
         await self._ready()
         if limit == 0:
             return []
-        with _translated("claim"):
-            if self._claim_mode == "batch":
-                documents = await self._claim_batch(now, limit, now + visibility_timeout)
-            else:
-                documents = await self._claim_one_by_one(now, limit, now + visibility_timeout)
-        return await self._decode_claimed(documents, now)
+        claim = _Claim(now, now + visibility_timeout)
+        try:
+            with _translated("claim"):
+                if self._claim_mode == "batch":
+                    documents = await self._claim_batch(claim, limit)
+                else:
+                    documents = await self._claim_one_by_one(claim, limit)
+            return await self._decode_claimed(documents, now)
+        except BaseException:
+            # Whatever was won under this claim's tokens would otherwise stay leased to nobody
+            # until the lease ends, and count an attempt that never ran.
+            await self._hand_back(claim)
+            raise
 
     async def update_job(self, job: Job[T]) -> None:
         """Write ``job`` if the stored job still carries ``job.lease`` (see :class:`~anysched.JobStore`)."""
@@ -401,7 +411,7 @@ class MongoStore(Generic[T]):
 
     # -- claims --------------------------------------------------------------------------------
 
-    async def _claim_batch(self, now: datetime, limit: int, lease_until: datetime) -> list[Document]:
+    async def _claim_batch(self, claim: _Claim, limit: int) -> list[Document]:
         """Claim with O(1) round trips: candidates, one guarded ``update_many``, read back.
 
         The guard repeats the claimable filter, so a job another caller claimed between
@@ -412,31 +422,53 @@ class MongoStore(Generic[T]):
         for _ in range(MAX_CLAIM_ROUNDS):
             wanted = limit - len(won)
             candidates = await self._driver.find(
-                _claimable(now), sort=[("process_after", 1)], limit=wanted, projection={"_id": 1}
+                _claimable(claim.now), sort=[("process_after", 1)], limit=wanted, projection={"_id": 1}
             )
             if not candidates:
                 break
             ids = [candidate["_id"] for candidate in candidates]
-            token = new_lease_token()
-            query = {"_id": {"$in": ids}, **_claimable(now)}
+            token = claim.new_token()  # recorded before the update: its reply may be lost after it applied
+            query = {"_id": {"$in": ids}, **_claimable(claim.now)}
             round_won: list[Document] = []
-            if await self._driver.update_many(query, _claim_update(token, lease_until)):
+            if await self._driver.update_many(query, _claim_update(token, claim.lease_until)):
                 round_won = await self._driver.find({"_id": {"$in": ids}, "lease": token}, sort=[("process_after", 1)])
             won += round_won
+            claim.won = len(won)
             if len(round_won) == len(candidates) or len(won) == limit:
                 break  # nothing lost to a concurrent claimer: no reason to look again
         return sorted(won, key=lambda document: document["process_after"])
 
-    async def _claim_one_by_one(self, now: datetime, limit: int, lease_until: datetime) -> list[Document]:
+    async def _claim_one_by_one(self, claim: _Claim, limit: int) -> list[Document]:
         """Claim with one ``find_one_and_update`` per job, each under its own lease token."""
         won: list[Document] = []
         while len(won) < limit:
-            update = _claim_update(new_lease_token(), lease_until)
-            found = await self._driver.claim_one(_claimable(now), update, [("process_after", 1)])
+            update = _claim_update(claim.new_token(), claim.lease_until)
+            found = await self._driver.claim_one(_claimable(claim.now), update, [("process_after", 1)])
             if found is None:
                 break
             won.append(found)
+            claim.won = len(won)
         return won
+
+    async def _hand_back(self, claim: _Claim) -> None:
+        """Release every job still leased under ``claim``'s tokens, shielded and bounded.
+
+        Matched by token, not by the documents read back: a claim whose reply was lost may
+        have won jobs it never saw. They were claimable at ``claim.now``, so they are again.
+        """
+        if not claim.tokens:
+            return
+        handed_back: int | None = None
+        with anyio.move_on_after(HAND_BACK_TIMEOUT, shield=True):
+            try:
+                handed_back = await self._driver.update_many(claim.still_leased(), claim.release())
+            except Exception as error:
+                _log_not_handed_back(claim, _describe_any(error))
+                return
+        if handed_back is None:
+            _log_not_handed_back(claim, f"no answer within {HAND_BACK_TIMEOUT:g}s")
+        elif handed_back:
+            logger.warning("a claim failed part-way; handed back the %d job(s) it had won", handed_back)
 
     async def _decode_claimed(self, documents: list[Document], now: datetime) -> list[Job[T]]:
         """Jobs for the claimed documents; one that cannot be decoded is marked failed and skipped.
@@ -546,6 +578,41 @@ def _fenced(job_id: str, lease: str) -> Document:
     """Only while the lease is held (``Job.accepts_write_fenced_by``): an outcome ends it, so a
     write sent before it with the same token (a renewal abandoned in a thread) cannot land after."""
     return {"_id": job_id, "lease": lease, **_LEASED}
+
+
+@dataclass
+class _Claim:
+    """One ``fetch_pending_jobs`` call: its moment, its lease's end and every token it used."""
+
+    now: datetime
+    lease_until: datetime
+    tokens: list[str] = field(default_factory=list[str])
+    won: int = 0
+    """Jobs known won (read back); a lost reply may have won more."""
+
+    def new_token(self) -> str:
+        token = new_lease_token()
+        self.tokens.append(token)
+        return token
+
+    def still_leased(self) -> Document:
+        # claimable_at equals this claim's lease end on every job it won: the next-due index finds them
+        return {"lease": {"$in": self.tokens}, "claimable_at": self.lease_until, **_LEASED}
+
+    def release(self) -> Document:
+        return {"$set": {"visible_after": None, "claimable_at": self.now}, "$inc": {"attempts": -1}}
+
+
+def _log_not_handed_back(claim: _Claim, why: str) -> None:
+    logger.error(
+        "a claim failed part-way and could not hand back the job(s) it won (%d known): %s; "
+        "they can be claimed again when their lease ends at %s",
+        *(claim.won, why, claim.lease_until.isoformat()),
+    )
+
+
+def _describe_any(error: Exception) -> str:
+    return _describe(error) if isinstance(error, PyMongoError) else type(error).__name__
 
 
 def _claimable_at(job: Job[Any]) -> datetime | None:
