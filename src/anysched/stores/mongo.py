@@ -367,7 +367,10 @@ class MongoStore(Generic[T]):
             except DuplicateKeyError:
                 raise DuplicateJobError(job.id) from None
             except (InvalidDocument, OverflowError) as error:
-                raise PayloadError(f"job {job.id!r} cannot be stored as a BSON document: {error}") from error
+                # bson's message may quote the value: name the error's type only, and do not chain it
+                raise PayloadError(
+                    f"job {job.id!r}: its payload cannot be stored as a BSON document ({type(error).__name__})"
+                ) from None
 
     async def next_due_time(self) -> datetime | None:
         """The earliest moment a pending job becomes claimable, or ``None`` when none is pending."""
@@ -480,11 +483,12 @@ class MongoStore(Generic[T]):
         for document in documents:
             try:
                 jobs.append(self._job(document))
-            except (PayloadError, KeyError, TypeError, ValueError) as error:
+            except UndecodableDocumentError as error:
                 await self._fail_undecodable(document, now, error)
         return jobs
 
-    async def _fail_undecodable(self, document: Document, now: datetime, error: Exception) -> None:
+    async def _fail_undecodable(self, document: Document, now: datetime, error: UndecodableDocumentError) -> None:
+        # The error names the field and the error's type only: the stored value may be a secret.
         logger.error("job %r: stored document cannot be decoded, marking it failed: %s", document["_id"], error)
         failed = {
             "status": JobStatus.FAILED.value,
@@ -542,19 +546,14 @@ class MongoStore(Generic[T]):
         }
 
     def _job(self, document: Mapping[str, Any]) -> Job[T]:
-        return Job(
-            payload=self._codec.decode(document["payload"]),
-            id=document["_id"],
-            status=JobStatus(document["status"]),
-            process_after=_required_utc(document["process_after"]),
-            visible_after=_utc(document.get("visible_after")),
-            processed_at=_utc(document.get("processed_at")),
-            attempts=document.get("attempts", 0),
-            lease=document.get("lease"),
-            last_error=document.get("last_error"),
-            max_attempts=document.get("max_attempts"),  # absent from documents written before 0.1
-            timeout=document.get("timeout"),
-        )
+        """The job ``document`` stores. :raises UndecodableDocumentError: naming the field, not its value"""
+        with _decoding("payload"):
+            payload = self._codec.decode(document["payload"])
+        fields = {name: _read(document, key, read, default) for name, (key, read, default) in _READERS.items()}
+        try:
+            return Job(payload=payload, **fields)
+        except (TypeError, ValueError) as error:  # Job's own checks quote the value: name the field
+            raise UndecodableDocumentError(_refused_by_job(fields), error) from None
 
 
 _PENDING: Document = {"status": JobStatus.PENDING.value}
@@ -632,3 +631,61 @@ def _required_utc(value: object) -> datetime:
     if not isinstance(value, datetime):
         raise TypeError(f"expected a BSON date, got {type(value).__name__}")
     return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+
+
+# -- decoding --------------------------------------------------------------------------------------
+
+
+class UndecodableDocumentError(ValueError):
+    """A stored job document that cannot be decoded: names the field and the error's type.
+
+    Never the stored value, nor the underlying error's message (which may quote it):
+    payloads may hold secrets.
+    """
+
+    def __init__(self, field: str, error: Exception) -> None:
+        super().__init__(f"stored field {field!r} cannot be decoded ({type(error).__name__})")
+        self.field = field
+
+
+@contextmanager
+def _decoding(field: str) -> Generator[None]:
+    try:
+        yield
+    except (PayloadError, KeyError, TypeError, ValueError) as error:
+        raise UndecodableDocumentError(field, error) from None
+
+
+def _read(document: Mapping[str, Any], key: str, read: Callable[[Any], Any], default: object) -> Any:
+    with _decoding(key):
+        return read(document[key] if default is _REQUIRED else document.get(key, default))
+
+
+def _as_is(value: object) -> object:
+    return value
+
+
+def _refused_by_job(fields: Mapping[str, Any]) -> str:
+    """Which field ``Job`` refused: each one it checks is tried alone (on the failure path only)."""
+    for name in ("id", "attempts", "max_attempts", "timeout"):
+        try:
+            Job(payload=None, **{name: fields[name]})
+        except (TypeError, ValueError):
+            return name
+    return "job"
+
+
+_REQUIRED = object()
+_READERS: dict[str, tuple[str, Callable[[Any], Any], object]] = {
+    "id": ("_id", _as_is, _REQUIRED),
+    "status": ("status", JobStatus, _REQUIRED),
+    "process_after": ("process_after", _required_utc, _REQUIRED),
+    "visible_after": ("visible_after", _utc, None),
+    "processed_at": ("processed_at", _utc, None),
+    "attempts": ("attempts", _as_is, 0),
+    "lease": ("lease", _as_is, None),
+    "last_error": ("last_error", _as_is, None),
+    "max_attempts": ("max_attempts", _as_is, None),  # absent from documents written before 0.1
+    "timeout": ("timeout", _as_is, None),
+}
+"""Each Job attribute but the payload: its document key, how to read it, its default if absent."""
