@@ -16,7 +16,17 @@ import pytest
 pytest.importorskip("pymongo", reason="the Mongo tests need anysched[mongo]: pip install anysched[mongo]")
 
 import pymongo
-from mongo_support import CLIENT_OPTIONS, DATABASE, FLAVOURS, URI_ENV, Server, launch_secantusd, open_collection
+from mongo_support import (
+    CLIENT_OPTIONS,
+    DATABASE,
+    FLAVOURS,
+    URI_ENV,
+    ClaimProbe,
+    Server,
+    launch_secantusd,
+    open_collection,
+    probe_claim_atomicity,
+)
 
 from anysched.stores.mongo import MongoStore
 from anysched.testing import Payload
@@ -35,6 +45,37 @@ def mongo_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         yield server
     finally:
         server.stop()
+
+
+PROBE_KEY = pytest.StashKey[ClaimProbe]()
+
+
+@pytest.fixture(scope="session")
+def claim_probe(mongo_server: Server, pytestconfig: pytest.Config) -> ClaimProbe:
+    """Whether the server's claims are atomic per document, probed once (a few seconds) when a
+    test that asserts claim exclusivity first needs to know. The result is printed at the end."""
+    probe = probe_claim_atomicity(mongo_server.uri)
+    pytestconfig.stash[PROBE_KEY] = probe
+    return probe
+
+
+@pytest.fixture(autouse=True)
+def _chaos_needs_atomic_claims(request: pytest.FixtureRequest) -> None:
+    """The chaos run counts two holders of one job as a violation: only an atomic server can show that."""
+    if request.node.get_closest_marker("chaos") is not None:
+        probe: ClaimProbe = request.getfixturevalue("claim_probe")
+        probe.require_atomic("the chaos run's 'no two holders' check")
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    probe = config.stash.get(PROBE_KEY, None)
+    if probe is not None:
+        terminalreporter.write_sep("=", "MongoDB claim exclusivity")
+        terminalreporter.write_line(probe.describe())
+        if not probe.atomic:
+            terminalreporter.write_line(
+                f"Claim exclusivity was NOT verified on this server; run against a real MongoDB ({URI_ENV})."
+            )
 
 
 @pytest.fixture

@@ -5,15 +5,24 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import pytest
-from mongo_support import Server, open_collection
+from mongo_support import ClaimProbe, Server, open_collection
 
 from anysched.stores.mongo import ClaimMode, MongoStore
 from anysched.testing import Payload, StoreContract
+
+EXCLUSIVITY = ("concurrent", "never_share", "exclusiv")
+"""Words in the name of a contract test that asserts two claimers never get the same job."""
 
 
 class MongoContract(StoreContract):
     flavour = "pymongo-sync"
     claim: ClaimMode = "batch"
+
+    @pytest.fixture(autouse=True)
+    def _exclusivity_needs_an_atomic_server(self, request: pytest.FixtureRequest) -> None:
+        if any(word in request.node.name for word in EXCLUSIVITY):
+            probe: ClaimProbe = request.getfixturevalue("claim_probe")
+            probe.require_atomic(f"{request.node.name}: concurrent claims never share a job")
 
     @pytest.fixture
     async def store(self, mongo_server: Server, collection_name: str) -> AsyncIterator[MongoStore[Payload]]:

@@ -13,7 +13,7 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 import pytest
-from mongo_support import URI_ENV, Server, launch_secantusd, open_collection, secantusd_binary
+from mongo_support import URI_ENV, ClaimProbe, Server, launch_secantusd, open_collection, secantusd_binary
 
 from anysched import Backoff, Job, JobStatus, open_scheduler
 from anysched.stores.mongo import ClaimMode, MongoStore
@@ -73,7 +73,7 @@ async def test_a_scheduler_processes_a_batch_end_to_end(collection: Any) -> None
 
 @pytest.mark.parametrize("claim", ["batch", "one_by_one"])
 async def test_schedulers_sharing_a_collection_never_share_a_job(
-    flavour: str, mongo_server: Server, collection_name: str, claim: ClaimMode
+    flavour: str, mongo_server: Server, collection_name: str, claim: ClaimMode, claim_probe: ClaimProbe
 ) -> None:
     schedulers, count = 3, 30
     done = Done(count)
@@ -101,8 +101,9 @@ async def test_schedulers_sharing_a_collection_never_share_a_job(
             async with open_collection(flavour, mongo_server.uri, collection_name) as collection:
                 ids = await _add(MongoStore(collection, Payload), count)
     assert set(done.handled) == set(ids)
-    assert [job_id for job_id, n in done.handled.items() if n != 1] == []
     assert len({who for owners in done.by.values() for who in owners}) > 1  # the work was shared
+    claim_probe.require_atomic(f"schedulers sharing a collection ({claim} claims) never run the same job")
+    assert [job_id for job_id, n in done.handled.items() if n != 1] == []
 
 
 @pytest.fixture
