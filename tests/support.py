@@ -138,6 +138,16 @@ async def add_jobs(store: MemoryStore[int], count: int, *, due: datetime | None 
     return jobs
 
 
+async def until(predicate: Callable[[], bool]) -> None:
+    """Wait until ``predicate()`` holds, for a state the scheduler reaches in its own time (a store
+    write, a lease's end); bound it with ``fail_after``. Every other task runs first each round."""
+    while not predicate():
+        await anyio.wait_all_tasks_blocked()
+        if predicate():
+            return
+        await anyio.sleep(0.01)  # a timer (a lease, a backoff) is what the others wait for
+
+
 async def checkpoints(count: int) -> None:
     for _ in range(count):
         await anyio.lowlevel.checkpoint()

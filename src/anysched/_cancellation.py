@@ -18,26 +18,17 @@ if sys.version_info < (3, 11):
 
 
 def being_cancelled() -> bool:
-    """Whether the current task is being cancelled by a scope around it, or by ``Task.cancel()``.
+    """Whether a cancel scope around the current task has been cancelled (or its deadline passed).
 
     Call it outside the handler's own cancel scope: what it sees are the scopes of the scheduler
-    and of whoever runs it. anyio reports a cancelled scope as an effective deadline of ``-inf``;
-    a scope whose deadline has passed is cancelled too. On asyncio, a native ``Task.cancel()``
-    of the worker's task (no anyio scope involved) shows as ``Task.cancelling()`` (Python 3.11+),
-    which anyio's own scopes reset when they absorb their cancellation.
+    and of whoever runs it. anyio reports a cancelled scope as an effective deadline of ``-inf``.
+
+    A native ``Task.cancel()`` of a worker's task on asyncio is not taken for ours: anyio's task
+    groups turn a cancel from outside into a scope cancellation, and a handler can leave its own
+    task's cancel count raised (``Task.cancelling()``), which would otherwise make every later
+    failure on that worker look like a cancellation and stop the scheduler silently.
     """
-    if anyio.current_effective_deadline() <= anyio.current_time():
-        return True
-    return _native_cancel_requested()
-
-
-def _native_cancel_requested() -> bool:
-    asyncio = sys.modules.get("asyncio")
-    if asyncio is None or anyio.get_cancelled_exc_class() is not asyncio.CancelledError:
-        return False  # not running on asyncio
-    task = asyncio.current_task()
-    cancelling = getattr(task, "cancelling", None)  # Python 3.11+
-    return bool(cancelling is not None and cancelling())
+    return anyio.current_effective_deadline() <= anyio.current_time()
 
 
 def is_control_flow(error: BaseException) -> bool:

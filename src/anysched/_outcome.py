@@ -32,6 +32,7 @@ class Outcome(Generic[T]):
     :param delay: seconds until a retried or postponed job is due again
     :param message: the error as ``last_error`` stores it
     :param budget: the job's attempt budget, ``None`` when unbounded
+    :param decided: the handler decided it (:class:`~anysched.FailJob`): no crash to report
     """
 
     job: Job[T]
@@ -39,6 +40,7 @@ class Outcome(Generic[T]):
     delay: float | None = None
     message: str | None = None
     budget: int | None = None
+    decided: bool = False
 
 
 def max_attempts(job: Job[T], policy: RetryPolicy | None) -> int | None:
@@ -83,7 +85,8 @@ def decide(job: Job[T], error: BaseException | None, policy: RetryPolicy | None,
     if budget is not None and job.attempts < budget and not isinstance(error, FailJob):
         delay = retry_delay(job, policy)
         return Outcome(_due_again(job, now, delay, message), "retry", delay, message, budget)
-    return Outcome(_finished(job, JobStatus.FAILED, now, message), "failed", message=message, budget=budget)
+    failed = _finished(job, JobStatus.FAILED, now, message)
+    return Outcome(failed, "failed", message=message, budget=budget, decided=isinstance(error, FailJob))
 
 
 def retry_delay(job: Job[T], policy: RetryPolicy | None) -> float:

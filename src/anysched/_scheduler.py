@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import inspect
 import logging
-import math
 from collections.abc import AsyncGenerator, Awaitable, Callable, Generator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from functools import partial
-from typing import Generic, NoReturn, TypeVar
+from typing import Generic, TypeVar
 
 import anyio
 import anyio.lowlevel
@@ -124,6 +123,9 @@ class Scheduler(Generic[T]):
         self._clock = clock
         self._next_due_time = store.next_due_time if isinstance(store, KnowsNextDueTime) else None
         self._running: set[Held[T]] = set()
+        self._holding: dict[str, Held[T]] = {}
+        """Every job this scheduler holds (buffered or running), by id: a claim that returns one
+        of them again (a duplicate, or a wall clock stepped forward) must not run it twice."""
         self._stopping = False
         self._started = False
         self._waiting_for_space = False
@@ -137,6 +139,9 @@ class Scheduler(Generic[T]):
         whose next due time is wrong must not make the fetcher spin."""
         self._bounded: set[anyio.CancelScope] = set()
         """Scopes of store writes that shutdown bounds by ``shutdown_timeout``."""
+        self._stop_deadline: float | None = None
+        """When a stop must be over (monotonic), but for the outcomes of handlers still running."""
+        self._claiming = False
         self._nudge: anyio.Event | None = None
         self._stopped: anyio.Event | None = None
         self._scope: anyio.CancelScope | None = None
@@ -166,7 +171,7 @@ class Scheduler(Generic[T]):
                 await self._run_tasks(send, receive, task_status)
         finally:
             try:
-                await self._hand_back(_drain(receive), started=False)  # none left, unless a task failed
+                await self._hand_back_buffered(receive)  # none left, unless a task failed
             finally:
                 receive.close()
                 self._stopped.set()
@@ -182,12 +187,20 @@ class Scheduler(Generic[T]):
         """
         if not self._stopping:
             logger.info("scheduler shutting down: letting %d running job(s) finish", len(self._running))
+        first = not self._stopping
         self._stopping = True
-        if self._fetch_scope is not None:  # a claim that hangs or is being retried must not hold the stop up
+        if not self._started:
+            return  # run() will start nothing
+        if first or cancel_running:  # a second, impatient stop gets its own time for its hand-backs
+            self._stop_deadline = anyio.current_time() + self._shutdown_timeout
+        assert self._stop_deadline is not None
+        assert self._fetch_scope is not None
+        if self._claiming:  # a claim in flight may have leased jobs: wait for its answer, within the bound
+            self._fetch_scope.deadline = min(self._fetch_scope.deadline, self._stop_deadline)
+        else:
             self._fetch_scope.cancel()
-        deadline = anyio.current_time() + self._shutdown_timeout if self._started else math.inf
         for scope in self._bounded:
-            scope.deadline = min(scope.deadline, deadline)
+            scope.deadline = min(scope.deadline, self._stop_deadline)
         if cancel_running and self._scope is not None:
             self._scope.cancel()
 
@@ -247,10 +260,7 @@ class Scheduler(Generic[T]):
                 while not self._stopping:
                     await self._fetch_once(send)
         finally:
-            unstarted = _drain(buffer)  # before closing: no worker can take them meanwhile
-            buffer.close()
-            send.close()
-            await self._hand_back(unstarted, started=False)
+            await self._hand_back_buffered(buffer, close=send)
 
     async def _fetch_once(self, send: MemoryObjectSendStream[Held[T]]) -> None:
         self._nudge = anyio.Event()  # a nudge from now on ends the next wait at once
@@ -259,19 +269,46 @@ class Scheduler(Generic[T]):
             await self._wait(None, for_space=True)
             return
         anchor = anyio.current_time()  # before the claim: the lease cannot end earlier than this says
-        jobs = await call_store("fetch_pending_jobs", None, partial(self._claim, free), self._backoff)
+        self._claiming = True
+        try:
+            claimed = await call_store("fetch_pending_jobs", None, partial(self._claim, free), self._backoff)
+        finally:
+            self._claiming = False
+        jobs = self._new_to_us(claimed, anchor)
         if len(jobs) > free:
-            jobs = await self._hand_back_excess(jobs, free)
+            jobs = await self._hand_back_excess(jobs, free, anchor)
         self._held += len(jobs)
         for job in jobs:
-            send.send_nowait(Held(job, anchor))
-        if len(jobs) < free and not self._stopping:
-            await self._wait(await self._idle_delay(found=len(jobs)), for_space=False)
+            send.send_nowait(self._holding[job.id])
+        if len(claimed) < free and not self._stopping:
+            await self._wait(await self._idle_delay(found=len(claimed)), for_space=False)
 
-    async def _hand_back_excess(self, jobs: list[Job[T]], limit: int) -> list[Job[T]]:
+    def _new_to_us(self, claimed: list[Job[T]], anchor: float) -> list[Job[T]]:
+        """The claimed jobs this scheduler does not hold yet.
+
+        A store may hand out a job we hold: twice in one claim (a broken store), or again
+        because our wall clock stepped forward and its lease looked expired. Running it twice
+        at once is never right: the holder keeps the job, under the newer lease (the store
+        knows only that one now); the attempt the claim added is undone by the holder's next write.
+        """
+        new: list[Job[T]] = []
+        for job in claimed:
+            holder = self._holding.get(job.id)
+            if holder is None:
+                self._holding[job.id] = Held(job, anchor)
+                new.append(job)
+                continue
+            logger.warning("job %s: claimed again while this scheduler holds it; keeping one run", job.id)
+            # Only the token changes hands: the lease's timing stays the holder's, so its next
+            # renewal writes the end in the holder's time line, not in a stepped clock's.
+            holder.job = replace(holder.job, lease=job.lease)
+        return new
+
+    async def _hand_back_excess(self, jobs: list[Job[T]], limit: int, anchor: float) -> list[Job[T]]:
         """A store that breaks the contract by returning more than ``limit`` jobs loses none."""
         logger.error("the store returned %d jobs for a limit of %d; handing the rest back", len(jobs), limit)
-        await self._hand_back([Held(job, anyio.current_time()) for job in jobs[limit:]], started=False)
+        excess = [self._holding.pop(job.id) for job in jobs[limit:]]
+        await self._hand_back(excess, started=False)
         return jobs[:limit]
 
     def _claim(self, limit: int) -> Awaitable[list[Job[T]]]:
@@ -285,11 +322,13 @@ class Scheduler(Generic[T]):
         """
         if self._next_due_time is None:
             return self._fetch_interval
+        due: datetime | None = None
         try:
-            due = await self._next_due_time()
+            with anyio.move_on_after(self._fetch_interval):  # no answer in time: the interval it is
+                found_due = await self._next_due_time()
+                due = None if found_due is None else require_utc("next_due_time()", found_due)
         except Exception as error:  # only an optimisation: the interval is a safe fallback
             logger.debug("next_due_time failed: %r; sleeping the whole fetch interval", error)
-            return self._fetch_interval
         if due is None:
             return self._fetch_interval
         delay = min(self._fetch_interval, (due - self._now()).total_seconds())
@@ -339,6 +378,7 @@ class Scheduler(Generic[T]):
                     await self._process(held, worker)
                 finally:
                     self._held -= 1
+                    self._holding.pop(held.job.id, None)
                 self._make_room()
                 # A handler and a store that never await would otherwise let this loop
                 # starve every other task: yield once per job.
@@ -378,13 +418,20 @@ class Scheduler(Generic[T]):
             return True
         now = anyio.current_time()
         renewed = held.renewed(now, self._visibility_timeout, self._now())
+        why = "its lease ended before the store renewed it"
         try:
-            await self._update(renewed, "renew lease")
+            # Bounded like the renewals of running jobs (by the lease's end) and, once stopping,
+            # by shutdown_timeout: a store that hangs must not hold a worker, or a stop, forever.
+            with anyio.move_on_after(held.lease_end(self._visibility_timeout) - now), self._bounded_once_stopping():
+                await self._update(renewed, "renew lease")
+                held.job, held.anchor = renewed, now
+                return True
         except (LeaseLostError, JobNotFoundError):
-            logger.warning("job %s: lease lost while it waited for a worker; not running it", held.job.id)
-            return False
-        held.job, held.anchor = renewed, now
-        return True
+            why = "the store says its lease was lost"
+        except Exception as error:  # a permanent store error: this job waits out its lease
+            why = f"its lease could not be renewed: {error!r}"
+        logger.warning("job %s waited for a worker and %s; not running it", held.job.id, why)
+        return False
 
     async def _run_handler(self, held: Held[T]) -> Outcome[T] | None:
         """Await the handler under its scope; the job's next state, or ``None`` if nothing may be written.
@@ -406,7 +453,7 @@ class Scheduler(Generic[T]):
                 await self._handler(job)
         except BaseException as raised:
             if is_control_flow(raised) or being_cancelled():
-                await self._reraise_cancellation(held, raised)
+                await self._propagate_cancellation(held, raised)
             error = raised
         finally:
             held.finished = True
@@ -415,12 +462,14 @@ class Scheduler(Generic[T]):
             self._running.discard(held)
         return self._judge(held, error, anyio.current_time() - begin)
 
-    async def _reraise_cancellation(self, held: Held[T], raised: BaseException) -> NoReturn:
+    async def _propagate_cancellation(self, held: Held[T], raised: BaseException) -> None:
         """Re-raise our cancellation, never a handler's error that came with it.
 
         A handler that raises while being cancelled (an error from its cleanup, its task
-        group's exception group) must not crash the scheduler: the job is handed back by the
-        caller, the error is logged, and a fresh cancellation is raised in its place.
+        group's exception group) must not crash the scheduler: the error is logged and the
+        cancellation of the scope that is cancelling us is raised in its place, so that the
+        caller hands the job back. Returns only if nothing is cancelling us after all: then
+        ``raised`` is the attempt's failure.
         """
         if is_control_flow(raised) or isinstance(raised, anyio.get_cancelled_exc_class()):
             raise raised
@@ -430,7 +479,6 @@ class Scheduler(Generic[T]):
             exc_info=raised,
         )
         await anyio.lowlevel.checkpoint()  # raises the cancellation of the scope that is cancelling us
-        raise anyio.get_cancelled_exc_class()()  # a native Task.cancel(): asyncio's class takes no arguments
 
     def _judge(self, held: Held[T], error: BaseException | None, duration: float) -> Outcome[T] | None:
         """The outcome to write for a finished handler, or ``None`` when none may be written."""
@@ -451,18 +499,28 @@ class Scheduler(Generic[T]):
         """Write a finished job's outcome; once stopping, within ``shutdown_timeout``.
 
         If cancelled meanwhile, try once more, shielded and bounded. A write that does not
-        finish in time leaves the job to run again when its lease expires.
+        finish in time, or fails for good, leaves the job to run again when its lease expires:
+        one job's write does not stop the scheduler.
         """
         job = outcome.job
         try:
             with self._bounded_once_stopping() as bound:
-                await self._write(job, str(job.status))
+                await self._write_logged(job, worker)
         except BaseException:
             with anyio.move_on_after(self._shutdown_timeout, shield=True) as bound:
-                await self._write(job, str(job.status))
+                await self._write_logged(job, worker)
             self._log_unrecorded(job, worker, bound)
             raise
         self._log_unrecorded(job, worker, bound)
+
+    async def _write_logged(self, job: Job[T], worker: int) -> None:
+        try:
+            await self._write(job, str(job.status))
+        except Exception as error:
+            logger.error(
+                "job %s on worker %d: outcome not recorded: %r; it runs again when its lease expires",
+                *(job.id, worker, error),
+            )
 
     @staticmethod
     def _log_unrecorded(job: Job[T], worker: int, bound: anyio.CancelScope) -> None:
@@ -486,6 +544,23 @@ class Scheduler(Generic[T]):
         finally:
             self._bounded.discard(scope)
 
+    async def _hand_back_buffered(
+        self, buffer: MemoryObjectReceiveStream[Held[T]], *, close: MemoryObjectSendStream[Held[T]] | None = None
+    ) -> None:
+        """Hand back every job still waiting in the stream: nobody will run them.
+
+        They are taken out before ``close`` (the send end) is closed, without awaiting, so no
+        worker can take one meanwhile.
+        """
+        unstarted = _drain(buffer)
+        self._held -= len(unstarted)
+        for held in unstarted:
+            self._holding.pop(held.job.id, None)
+        if close is not None:
+            buffer.close()
+            close.close()
+        await self._hand_back(unstarted, started=False)
+
     async def _hand_back(self, jobs: list[Held[T]], *, started: bool) -> None:
         """Release leased jobs so they are visible again at once, with their attempt given back.
 
@@ -495,7 +570,10 @@ class Scheduler(Generic[T]):
         attempt does not count against ``max_attempts`` either.
         """
         left = [held.job for held in jobs]
-        with anyio.move_on_after(self._shutdown_timeout, shield=True):
+        deadline = anyio.current_time() + self._shutdown_timeout
+        if self._stop_deadline is not None:  # one bound for the whole stop
+            deadline = min(deadline, self._stop_deadline)
+        with anyio.CancelScope(deadline=deadline, shield=True):
             while left:
                 job = left[0]
                 released = replace(job, visible_after=None, attempts=max(0, job.attempts - 1))
@@ -541,8 +619,12 @@ class Scheduler(Generic[T]):
             await anyio.sleep(period)
             watch.check()
             for held in list(self._running):
-                due = held.lease_left(self._visibility_timeout) < RENEW_WHEN_REMAINING
-                if due and held.renewal is None and not held.finished:
+                if held.renewal is not None or held.finished or held.in_doubt:
+                    continue
+                left = held.lease_left(self._visibility_timeout)
+                if left <= 0:  # every renewal failed (a permanent store error, say)
+                    self._lose(held, "its lease ended without a renewal", refused=False)
+                elif left < RENEW_WHEN_REMAINING:
                     held.renewal = anyio.CancelScope()
                     tg.start_soon(self._renew, held, held.renewal, name=f"anysched-renew-{held.job.id}")
 
@@ -554,9 +636,13 @@ class Scheduler(Generic[T]):
                 try:
                     await self._update(renewed, "renew lease")
                 except (LeaseLostError, JobNotFoundError):
-                    self._lose(held, "the store says its lease was lost", refused=True)
+                    if held.job.lease == renewed.lease:  # not re-leased by one of our own claims meanwhile
+                        self._lose(held, "the store says its lease was lost", refused=True)
+                except Exception as error:  # permanent: the keeper tries again, until the lease ends
+                    logger.error("job %s: its lease could not be renewed: %r", held.job.id, error)
                 else:
-                    held.job, held.anchor = renewed, now
+                    if held.job.lease == renewed.lease:
+                        held.job, held.anchor = renewed, now
             if lease_left.cancelled_caught:
                 self._lose(held, "its lease expired before the store could renew it", refused=False)
         finally:
@@ -633,11 +719,10 @@ def _log_outcome(outcome: Outcome[T], worker: int, duration: float, error: BaseE
             exc_info=error,
         )
     else:
-        decided = outcome.message is not None and error is not None and str(error) == outcome.message
         logger.error(
             "job %s failed for good on worker %d after %.3fs (attempt %d%s): %s",
             *(job.id, worker, duration, job.attempts, of_budget, outcome.message),
-            exc_info=None if decided else error,  # a FailJob is a decision, not a crash: no traceback
+            exc_info=None if outcome.decided else error,  # a FailJob is a decision, not a crash: no traceback
         )
 
 
