@@ -217,3 +217,10 @@ class TestJob:
         job = Job.create(1)
         with pytest.raises(AttributeError):
             job.attempts = 3  # type: ignore[misc]
+
+
+def test_a_jobs_repr_never_shows_its_payload() -> None:
+    """Jobs end up in log lines and tracebacks; a payload may hold a card number."""
+    job = Job.create({"card": "4111111111111111"}, id="job-1")
+    assert "4111" not in repr(job)
+    assert "job-1" in repr(job)

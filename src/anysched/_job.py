@@ -64,7 +64,7 @@ class Job(Generic[T]):
         attempt fails, overriding the scheduler's ``job_timeout`` (``None``: the scheduler's)
     """
 
-    payload: T
+    payload: T = field(repr=False)  # a payload may hold secrets: a logged repr of a job must not show it
     id: str = field(default_factory=new_job_id)
     status: JobStatus = JobStatus.PENDING
     process_after: datetime = field(default_factory=utc_now)
