@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from bson.errors import InvalidDocument
 from mongo_support import FaultyDriver
+from pymongo.errors import WriteError
 
 from anysched import Job, JobStatus, PayloadError
 from anysched.stores.mongo import MongoStore
@@ -61,6 +62,26 @@ async def test_an_undecodable_stored_value_stays_out_of_last_error_and_logs(
     assert CARD not in _our_log(caplog)
     assert f"stored field {field!r} cannot be decoded" in failed["last_error"]
     assert "stored document cannot be decoded" in _our_log(caplog)
+
+
+@pytest.mark.parametrize("flavour", ["pymongo-sync", "pymongo-async"])
+async def test_a_write_the_server_refuses_is_raised_without_the_servers_words(
+    collection: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    # a schema validator's refusal quotes the value it refused (MongoDB's errInfo consideredValue)
+    validator = {"$jsonSchema": {"properties": {"payload": {"properties": {"card": {"maxLength": 4}}}}}}
+    await _maybe_await(collection.database.command("create", collection.name, validator=validator))
+    store = MongoStore(collection, dict[str, str])
+    with pytest.raises(WriteError) as raised:
+        await store.add_job(Job.create({"card": CARD}, id="card-job"))
+    assert CARD not in _everything_said(raised.value)
+    assert CARD not in _our_log(caplog)
+    assert raised.value.code == 121
+    assert str(raised.value) == "MongoDB add_job failed: WriteError (code 121)"
+
+
+async def _maybe_await(result: Any) -> Any:
+    return await result if hasattr(result, "__await__") else result
 
 
 async def _set_raw(collection: Any, job_id: str, values: dict[str, Any]) -> None:

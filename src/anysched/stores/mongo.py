@@ -113,18 +113,33 @@ def is_transient(error: PyMongoError) -> bool:
 def _describe(error: PyMongoError) -> str:
     """The error's class and code, never its message: messages can name hosts and users."""
     code = getattr(error, "code", None)
-    return type(error).__name__ + ("" if code is None else f" (code {code})")
+    details: Mapping[str, Any] | None = error.details if isinstance(error, OperationFailure) else None
+    name = None if details is None else details.get("codeName")
+    return type(error).__name__ + ("" if code is None else f" (code {code}{'' if name is None else f', {name}'})")
 
 
 @contextmanager
 def _translated(operation: str) -> Generator[None]:
-    """Raise transient driver errors as :class:`~anysched.TransientStoreError`; let the rest through."""
+    """Raise transient driver errors as :class:`~anysched.TransientStoreError`; let the rest through,
+    a server's refusal without its words."""
     try:
         yield
     except PyMongoError as error:
         if is_transient(error):
             raise TransientStoreError(f"MongoDB {operation} failed: {_describe(error)}") from error
+        if isinstance(error, OperationFailure):
+            raise _without_details(error, operation) from None
         raise
+
+
+def _without_details(error: OperationFailure, operation: str) -> OperationFailure:
+    """The same class and code, without the server's message and details: they can quote the
+    document (a failed validation's ``consideredValue``, a duplicate key's value)."""
+    message = f"MongoDB {operation} failed: {_describe(error)}"
+    try:
+        return type(error)(message, error.code)
+    except TypeError:  # a subclass with a constructor of its own
+        return OperationFailure(message, error.code)
 
 
 # -- one adapter over three drivers -------------------------------------------------------------
