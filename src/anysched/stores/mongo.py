@@ -356,7 +356,10 @@ class MongoStore(Generic[T]):
             raise
 
     async def update_job(self, job: Job[T]) -> None:
-        """Write ``job`` if the stored job still carries ``job.lease`` (see :class:`~anysched.JobStore`)."""
+        """Write ``job`` while its lease is held: the stored job is pending, leased and carries ``job.lease``.
+
+        See :class:`~anysched.JobStore` and :meth:`~anysched.Job.accepts_write_fenced_by`.
+        """
         _check_job(job)
         document = self._document(job)
         del document["_id"]
@@ -557,7 +560,7 @@ class MongoStore(Generic[T]):
             "last_error": job.last_error,
             "max_attempts": job.max_attempts,
             "timeout": job.timeout,
-            "claimable_at": _claimable_at(job),
+            "claimable_at": job.claimable_at,
         }
 
     def _job(self, document: Mapping[str, Any]) -> Job[T]:
@@ -627,14 +630,6 @@ def _log_not_handed_back(claim: _Claim, why: str) -> None:
 
 def _describe_any(error: Exception) -> str:
     return _describe(error) if isinstance(error, PyMongoError) else type(error).__name__
-
-
-def _claimable_at(job: Job[Any]) -> datetime | None:
-    if job.status is not JobStatus.PENDING:
-        return None
-    if job.visible_after is not None and job.visible_after > job.process_after:
-        return job.visible_after
-    return job.process_after
 
 
 def _utc(value: object) -> datetime | None:
