@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 import anyio
 import pytest
 
-from anysched import JobStatus, MemoryStore, Scheduler, open_scheduler, shutdown_on_signals
+from anysched import DuplicateJobError, Job, JobStatus, MemoryStore, Scheduler, open_scheduler, shutdown_on_signals
 from support import Recorder, WrappedStore, add_jobs, settled
 
 pytestmark = pytest.mark.anyio
@@ -103,12 +103,42 @@ async def test_an_error_in_the_block_cancels_the_handlers_and_hands_jobs_back(cl
     await add_jobs(store, 4, due=clock())
     handler = Recorder[int]()
     handler.gate = anyio.Event()
-    with anyio.fail_after(30), pytest.RaisesGroup(KeyError):
+    with anyio.fail_after(30), pytest.raises(KeyError) as raised:  # noqa: PT012 -- as itself, not in a group
         async with open_scheduler(store, handler, workers=2, clock=clock):
             await handler.wait_running(2)
             raise KeyError("the program failed")
+    assert raised.value.args == ("the program failed",)
     assert settled(store)
     assert store.count(JobStatus.PENDING) == 4
+
+
+async def test_an_error_of_the_block_can_be_caught_as_itself(clock: Clock) -> None:
+    """The first-hour trap: ``except DuplicateJobError`` around the block caught nothing."""
+    store = MemoryStore[int]()
+    await store.add_job(Job.create(1, id="same"))
+    caught: list[DuplicateJobError] = []
+    with anyio.fail_after(30):
+        try:
+            async with open_scheduler(store, Recorder[int](), clock=clock) as scheduler:
+                await scheduler.add_job(Job.create(2, id="same"))
+        except DuplicateJobError as error:
+            caught.append(error)
+    assert [error.job_id for error in caught] == ["same"]
+
+
+async def test_the_schedulers_own_failure_still_comes_as_a_group(clock: Clock) -> None:
+    """Only what the block raised is unwrapped: a failure of the scheduler's tasks keeps its group."""
+
+    class Broken(MemoryStore[int]):
+        async def fetch_pending_jobs(self, now: datetime, limit: int, visibility_timeout: timedelta) -> list[Job[int]]:
+            raise RuntimeError("the store is broken")
+
+    with (
+        anyio.fail_after(30),
+        pytest.RaisesGroup(pytest.RaisesExc(RuntimeError, match="broken"), flatten_subgroups=True),
+    ):
+        async with open_scheduler(Broken(), Recorder[int](), clock=clock):
+            await anyio.sleep_forever()
 
 
 async def test_hand_back_is_bounded_by_shutdown_timeout(clock: Clock, caplog: pytest.LogCaptureFixture) -> None:

@@ -18,12 +18,12 @@ from ._exceptions import LeaseLostError as LeaseLostError
 from ._exceptions import PayloadError as PayloadError
 from ._exceptions import RetryJob as RetryJob
 from ._exceptions import TransientStoreError as TransientStoreError
+from ._executor import Handler as Handler
 from ._job import Job as Job
 from ._job import JobStatus as JobStatus
 from ._retry import TRANSIENT_ERRORS as TRANSIENT_ERRORS
 from ._retry import Backoff as Backoff
 from ._retry import RetryPolicy as RetryPolicy
-from ._scheduler import Handler as Handler
 from ._scheduler import Scheduler as Scheduler
 from ._scheduler import open_scheduler as open_scheduler
 from ._signals import shutdown_on_signals as shutdown_on_signals

@@ -1,69 +1,149 @@
-"""A job the scheduler holds, and its lease timed on the monotonic clock.
+"""The lease keeper: renews the leases of running jobs, and of buffered jobs before they start.
 
 A lease is stored in wall-clock time (``visible_after``), because every process that shares
 the store compares it with its own clock. But when to renew it, and when to give up on it, this
-process decides on the monotonic clock (``anyio.current_time()``), measured from the call that
-set the lease: a step of the wall clock (backwards: leases look fresh and renewals stop; forwards:
-every lease looks lost and every handler is cancelled) changes nothing here. A renewal writes
-the lease's new end as the claim's ``visible_after`` advanced by the monotonic time since, so a
-step during a run does not move the stored lease either.
+process decides on the monotonic clock, measured from the call that set the lease
+(:class:`~anysched._holdings.Held`): a step of the wall clock changes nothing here.
+
+Only a refusal by the store is certain: the handler is cancelled and nothing is written. A
+renewal that went unanswered until the lease ended may have landed: the handler is cancelled,
+and one that still ends on its own has its outcome written, fenced by the lease token.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
+import logging
+from collections.abc import Callable
+from datetime import datetime
 from typing import Generic, TypeVar
 
 import anyio
+from anyio.abc import TaskGroup
 
-from ._job import Job
+from ._completer import Completer
+from ._exceptions import JobNotFoundError, LeaseLostError
+from ._holdings import Held, Holdings
+from ._settings import Settings
 
 T = TypeVar("T")
+
+logger = logging.getLogger("anysched")
 
 RENEW_WHEN_REMAINING = 2 / 3
 """Renew a lease once a third of the visibility timeout has passed, so two renewals can fail
 before it runs out."""
 
+CLOCK_STEP_WARNING = 1.0
+"""Seconds by which the wall clock may drift from the monotonic clock between two rounds of the
+lease keeper before it says, once per step, that the wall clock stepped."""
 
-@dataclass(eq=False)
-class Held(Generic[T]):
-    """A leased job, from the claim until its outcome is written or it is handed back.
 
-    :param job: the job as this scheduler last wrote (or claimed) it
-    :param anchor: the monotonic time just before the call that set ``job.visible_after``
+class LeaseKeeper(Generic[T]):
+    """Keeps the leases of a scheduler's jobs.
+
+    :param settings: the scheduler's settings (``visibility_timeout``, the clock)
+    :param holdings: the scheduler's shared state (the running jobs)
+    :param completer: writes the renewals
     """
 
-    job: Job[T]
-    anchor: float
-    worker: int = -1
-    scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
-    """The handler's scope: its deadline is the job's timeout; cancelled when the lease is lost."""
-    renewal: anyio.CancelScope | None = None
-    """The scope of the renewal in flight, if any; cancelled when the handler finishes."""
-    finished: bool = False
-    refused: bool = False
-    """The store refused a renewal: someone else may own the job, so no outcome is written."""
-    in_doubt: bool = False
-    """The lease ran out while a renewal went unanswered; the handler was cancelled."""
+    def __init__(self, settings: Settings, holdings: Holdings[T], completer: Completer[T]) -> None:
+        self._settings = settings
+        self._holdings = holdings
+        self._completer = completer
+        self._lease = settings.visibility_timeout
 
-    def lease_left(self, visibility_timeout: timedelta) -> float:
-        """The fraction of the visibility timeout left on the lease, by the monotonic clock."""
-        length = visibility_timeout.total_seconds()
-        return (self.anchor + length - anyio.current_time()) / length
+    async def keep(self, tg: TaskGroup) -> None:
+        """Renew every running job's lease once a third of it has passed, in tasks of ``tg``; forever."""
+        watch = _ClockWatch(self._settings.clock)
+        while True:
+            await anyio.sleep(self._lease.total_seconds() / 6)
+            watch.check()
+            for held in list(self._holdings.running):
+                if held.renewal is not None or held.finished or held.in_doubt:
+                    continue
+                left = held.lease_left(self._lease)
+                if left <= 0:  # every renewal failed (a permanent store error, say)
+                    self._lose(held, "its lease ended without a renewal", refused=False)
+                elif left < RENEW_WHEN_REMAINING:
+                    held.renewal = anyio.CancelScope()
+                    tg.start_soon(self._renew, held, held.renewal, name=f"anysched-renew-{held.job.id}")
 
-    def lease_end(self, visibility_timeout: timedelta) -> float:
-        """When the lease ends, on the monotonic clock."""
-        return self.anchor + visibility_timeout.total_seconds()
+    async def fresh_lease(self, held: Held[T]) -> bool:
+        """Whether a buffered job's lease will outlast the first renewal (renewing it if need be).
 
-    def renewed(self, now: float, visibility_timeout: timedelta, wall_now: datetime) -> Job[T]:
-        """The job with its lease extended to ``visibility_timeout`` from monotonic time ``now``.
-
-        The new end is the lease's stored end advanced by the monotonic time since the anchor,
-        so it stays in the time line the claim was made in whatever the wall clock did since.
-        ``wall_now`` serves only a job that came back from its store without a lease end.
+        A job that waited in the buffer may be near its lease's end; renewing it first means
+        the handler never starts on a job someone else may already have claimed. Bounded like
+        the renewals of running jobs (by the lease's end) and, once stopping, by the stop.
         """
-        visible_after = self.job.visible_after
-        if visible_after is None:
-            return replace(self.job, visible_after=wall_now + visibility_timeout)
-        return replace(self.job, visible_after=visible_after + timedelta(seconds=now - self.anchor))
+        if held.lease_left(self._lease) >= RENEW_WHEN_REMAINING:
+            return True
+        now = anyio.current_time()
+        renewed = held.renewed(now, self._lease, self._settings.now())
+        why = "its lease ended before the store renewed it"
+        try:
+            with anyio.move_on_after(held.lease_end(self._lease) - now), self._completer.bounded_once_stopping():
+                await self._completer.update(renewed, "renew lease")
+                held.job, held.anchor = renewed, now
+                return True
+        except (LeaseLostError, JobNotFoundError):
+            why = "the store says its lease was lost"
+        except Exception as error:  # a permanent store error: this job waits out its lease
+            why = f"its lease could not be renewed: {error!r}"
+        logger.warning("job %s waited for a worker and %s; not running it", held.job.id, why)
+        return False
+
+    async def _renew(self, held: Held[T], scope: anyio.CancelScope) -> None:
+        now = anyio.current_time()
+        renewed = held.renewed(now, self._lease, self._settings.now())
+        try:
+            with scope, anyio.move_on_after(held.lease_end(self._lease) - now) as lease_left:
+                try:
+                    await self._completer.update(renewed, "renew lease")
+                except (LeaseLostError, JobNotFoundError):
+                    if held.job.lease == renewed.lease:  # not re-leased by one of our own claims meanwhile
+                        self._lose(held, "the store says its lease was lost", refused=True)
+                except Exception as error:  # permanent: the keeper tries again, until the lease ends
+                    logger.error("job %s: its lease could not be renewed: %r", held.job.id, error)
+                else:
+                    if held.job.lease == renewed.lease:
+                        held.job, held.anchor = renewed, now
+            if lease_left.cancelled_caught:
+                self._lose(held, "its lease expired before the store could renew it", refused=False)
+        finally:
+            held.renewal = None
+
+    @staticmethod
+    def _lose(held: Held[T], why: str, *, refused: bool) -> None:
+        """Stop a handler whose lease may be gone (certainly, when the store ``refused`` it)."""
+        held.refused = held.refused or refused
+        if held.finished:
+            logger.debug("job %s: lease in doubt after its handler ended: %s", held.job.id, why)
+            return
+        held.in_doubt = True
+        logger.warning("job %s on worker %d: cancelling the handler: %s", held.job.id, held.worker, why)
+        held.scope.cancel()
+
+
+class _ClockWatch:
+    """Notices a step of the wall clock against the monotonic one, and says so once per step.
+
+    Leases are stored in wall-clock time that every process sharing the store compares with its
+    own: a process whose clock is off by more than a lease can claim jobs others still hold.
+    Timing here does not depend on it; the log line is for the operator.
+    """
+
+    def __init__(self, clock: Callable[[], datetime]) -> None:
+        self._clock = clock
+        self._wall, self._monotonic = clock(), anyio.current_time()
+
+    def check(self) -> None:
+        wall, monotonic = self._clock(), anyio.current_time()
+        step = (wall - self._wall).total_seconds() - (monotonic - self._monotonic)
+        if abs(step) > CLOCK_STEP_WARNING:
+            logger.warning(
+                "the wall clock stepped %s by %.1fs; leases keep their timing (monotonic), but processes "
+                "sharing a store must agree on the time to well within visibility_timeout",
+                "forward" if step > 0 else "back",
+                abs(step),
+            )
+        self._wall, self._monotonic = wall, monotonic
