@@ -15,6 +15,8 @@ from .._store import check_claim_arguments as _check_claim_arguments
 from .._store import check_job as _check_job
 from .._time import require_utc
 
+__all__ = ("MemoryStore",)
+
 T = TypeVar("T")
 
 _COMPACT_SLACK = 1024
