@@ -24,7 +24,8 @@ from pymongo.errors import (
 )
 
 from anysched import Job, JobNotFoundError, JobStatus, PayloadError, TransientStoreError
-from anysched.stores.mongo import MongoStore, is_transient
+from anysched.stores.mongo import MongoStore
+from anysched.stores.mongo import _is_transient_driver_error as is_transient_driver_error
 from anysched.testing import _T0 as T0
 from anysched.testing import _VT as VT
 from anysched.testing import Payload
@@ -187,7 +188,7 @@ async def test_an_unreachable_server_is_transient_and_credentials_stay_out(caplo
     ],
 )
 def test_which_driver_errors_are_transient(error: pymongo.errors.PyMongoError, transient: bool) -> None:
-    assert is_transient(error) is transient
+    assert is_transient_driver_error(error) is transient
 
 
 @pytest.mark.parametrize("flavour", ["pymongo-async", "motor"])

@@ -14,7 +14,7 @@ from collections.abc import Callable, Generator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Any, Generic, Literal, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Generic, Literal, Protocol, TypeVar
 
 import anyio
 import anyio.to_thread
@@ -41,37 +41,46 @@ from .._codec import PayloadCodec
 from .._exceptions import (
     DuplicateJobError,
     JobNotFoundError,
-    LeaseLostError,
     PayloadError,
     TransientStoreError,
 )
 from .._job import Job, JobStatus, new_lease_token
+from .._store import UndecodableDocumentError
 from .._store import check_claim_arguments as _check_claim_arguments
 from .._store import check_job as _check_job
+from .._store import check_list_arguments as _check_list_arguments
+from .._store import undecodable_last_error as _undecodable_last_error
+from .._store import update_refused as _update_refused
 from .._time import Seconds, require_utc, to_seconds
 
 if TYPE_CHECKING:
     from motor.motor_asyncio import AsyncIOMotorCollection
 
-__all__ = ("ClaimMode", "MongoStore")
+__all__ = ("CLAIM_INDEX", "NEXT_DUE_INDEX", "TTL_INDEX", "ClaimMode", "MongoStore", "UndecodableDocumentError")
 
 T = TypeVar("T")
-Document = dict[str, Any]
+_Document = dict[str, Any]
 ClaimMode = Literal["batch", "one_by_one"]
 """How :meth:`MongoStore.fetch_pending_jobs` claims: ``"batch"`` (three round trips for
 any number of jobs) or ``"one_by_one"`` (one ``find_one_and_update`` per job)."""
 
-logger: logging.Logger = logging.getLogger("anysched")
+_logger: logging.Logger = logging.getLogger("anysched")
 
-CLAIM_INDEX = "anysched_claim"
-NEXT_DUE_INDEX = "anysched_next_due"
-TTL_INDEX = "anysched_completed_ttl"
-MAX_CLAIM_ROUNDS = 3
+CLAIM_INDEX: Final = "anysched_claim"
+"""The name of the index claims use: ``{status, process_after, claimable_at}``."""
+NEXT_DUE_INDEX: Final = "anysched_next_due"
+"""The name of the index :meth:`MongoStore.next_due_time` uses: ``{status, claimable_at}``."""
+TTL_INDEX: Final = "anysched_completed_ttl"
+"""The name of the TTL index on completed jobs' ``processed_at``, created with ``completed_ttl``."""
+
+_MAX_CLAIM_ROUNDS = 3
 """A batched claim that loses jobs to a concurrent claimer tries again at most this often."""
-HAND_BACK_TIMEOUT = 5.0
+_HAND_BACK_TIMEOUT = 5.0
 """Seconds a claim that failed part-way may spend, shielded, handing back the jobs it won."""
+_PURGE_BATCH = 500
+"""Documents one :meth:`MongoStore.purge` step deletes at most: each step is one bounded ``delete_many``."""
 
-TRANSIENT_CODES = frozenset(
+_TRANSIENT_CODES = frozenset(
     {
         6,  # HostUnreachable
         7,  # HostNotFound
@@ -95,19 +104,19 @@ TRANSIENT_CODES = frozenset(
 )
 """Server error codes that mean "try again later" (the drivers' retryable-error list)."""
 
-TRANSIENT_LABELS = ("RetryableWriteError", "TransientTransactionError")
+_TRANSIENT_LABELS = ("RetryableWriteError", "TransientTransactionError")
 
 
 # -- errors ------------------------------------------------------------------------------------
 
 
-def is_transient(error: PyMongoError) -> bool:
+def _is_transient_driver_error(error: PyMongoError) -> bool:
     """Whether a driver error may go away by itself: network trouble, timeouts, elections."""
     if isinstance(error, (ConnectionFailure, ExecutionTimeout, WriteConcernError)) or error.timeout:
         return True
-    if any(error.has_error_label(label) for label in TRANSIENT_LABELS):
+    if any(error.has_error_label(label) for label in _TRANSIENT_LABELS):
         return True
-    return isinstance(error, OperationFailure) and error.code in TRANSIENT_CODES
+    return isinstance(error, OperationFailure) and error.code in _TRANSIENT_CODES
 
 
 def _describe(error: PyMongoError) -> str:
@@ -125,7 +134,7 @@ def _translated(operation: str) -> Generator[None]:
     try:
         yield
     except PyMongoError as error:
-        if is_transient(error):
+        if _is_transient_driver_error(error):
             raise TransientStoreError(f"MongoDB {operation} failed: {_describe(error)}") from error
         if isinstance(error, OperationFailure):
             raise _without_details(error, operation) from None
@@ -149,15 +158,16 @@ class _Driver(Protocol):
     """The handful of collection calls the store makes, as coroutines, whatever the driver."""
 
     def check_backend(self) -> None: ...
-    async def insert_one(self, document: Document) -> None: ...
-    async def update_one(self, query: Document, update: Document) -> int: ...
-    async def update_many(self, query: Document, update: Document) -> int: ...
-    async def claim_one(self, query: Document, update: Document, sort: list[tuple[str, int]]) -> Document | None: ...
+    async def insert_one(self, document: _Document) -> None: ...
+    async def update_one(self, query: _Document, update: _Document) -> int: ...
+    async def update_many(self, query: _Document, update: _Document) -> int: ...
+    async def delete_many(self, query: _Document) -> int: ...
+    async def claim_one(self, query: _Document, update: _Document, sort: list[tuple[str, int]]) -> _Document | None: ...
     async def find(
-        self, query: Document, *, sort: list[tuple[str, int]], limit: int = 0, projection: Document | None = None
-    ) -> list[Document]: ...
-    async def find_one(self, query: Document) -> Document | None: ...
-    async def count(self, query: Document) -> int: ...
+        self, query: _Document, *, sort: list[tuple[str, int]], limit: int = 0, projection: _Document | None = None
+    ) -> list[_Document]: ...
+    async def find_one(self, query: _Document) -> _Document | None: ...
+    async def count(self, query: _Document) -> int: ...
     async def create_index(self, keys: list[tuple[str, int]], **options: Any) -> None: ...
 
 
@@ -176,33 +186,36 @@ class _AwaitingDriver:
                 "(its calls then run in worker threads)"
             )
 
-    async def insert_one(self, document: Document) -> None:
+    async def insert_one(self, document: _Document) -> None:
         await self._collection.insert_one(document)
 
-    async def update_one(self, query: Document, update: Document) -> int:
+    async def update_one(self, query: _Document, update: _Document) -> int:
         return int((await self._collection.update_one(query, update)).matched_count)
 
-    async def update_many(self, query: Document, update: Document) -> int:
+    async def update_many(self, query: _Document, update: _Document) -> int:
         return int((await self._collection.update_many(query, update)).modified_count)
 
-    async def claim_one(self, query: Document, update: Document, sort: list[tuple[str, int]]) -> Document | None:
-        found: Document | None = await self._collection.find_one_and_update(
+    async def delete_many(self, query: _Document) -> int:
+        return int((await self._collection.delete_many(query)).deleted_count)
+
+    async def claim_one(self, query: _Document, update: _Document, sort: list[tuple[str, int]]) -> _Document | None:
+        found: _Document | None = await self._collection.find_one_and_update(
             query, update, sort=sort, return_document=ReturnDocument.AFTER
         )
         return found
 
     async def find(
-        self, query: Document, *, sort: list[tuple[str, int]], limit: int = 0, projection: Document | None = None
-    ) -> list[Document]:
+        self, query: _Document, *, sort: list[tuple[str, int]], limit: int = 0, projection: _Document | None = None
+    ) -> list[_Document]:
         cursor = self._collection.find(query, projection, sort=sort, limit=limit)
-        found: list[Document] = await cursor.to_list(None)
+        found: list[_Document] = await cursor.to_list(None)
         return found
 
-    async def find_one(self, query: Document) -> Document | None:
-        found: Document | None = await self._collection.find_one(query)
+    async def find_one(self, query: _Document) -> _Document | None:
+        found: _Document | None = await self._collection.find_one(query)
         return found
 
-    async def count(self, query: Document) -> int:
+    async def count(self, query: _Document) -> int:
         return int(await self._collection.count_documents(query))
 
     async def create_index(self, keys: list[tuple[str, int]], **options: Any) -> None:
@@ -216,36 +229,39 @@ class _ThreadedDriver:
     request: the server may still apply it, which the lease protocol already allows for.
     """
 
-    def __init__(self, collection: Collection[Document]) -> None:
+    def __init__(self, collection: Collection[_Document]) -> None:
         self._collection = collection
 
     def check_backend(self) -> None:
         pass
 
-    async def insert_one(self, document: Document) -> None:
+    async def insert_one(self, document: _Document) -> None:
         await _in_thread(self._collection.insert_one, document)
 
-    async def update_one(self, query: Document, update: Document) -> int:
+    async def update_one(self, query: _Document, update: _Document) -> int:
         return (await _in_thread(self._collection.update_one, query, update)).matched_count
 
-    async def update_many(self, query: Document, update: Document) -> int:
+    async def update_many(self, query: _Document, update: _Document) -> int:
         return (await _in_thread(self._collection.update_many, query, update)).modified_count
 
-    async def claim_one(self, query: Document, update: Document, sort: list[tuple[str, int]]) -> Document | None:
+    async def delete_many(self, query: _Document) -> int:
+        return (await _in_thread(self._collection.delete_many, query)).deleted_count
+
+    async def claim_one(self, query: _Document, update: _Document, sort: list[tuple[str, int]]) -> _Document | None:
         call = functools.partial(
             self._collection.find_one_and_update, query, update, sort=sort, return_document=ReturnDocument.AFTER
         )
         return await _in_thread(call)
 
     async def find(
-        self, query: Document, *, sort: list[tuple[str, int]], limit: int = 0, projection: Document | None = None
-    ) -> list[Document]:
+        self, query: _Document, *, sort: list[tuple[str, int]], limit: int = 0, projection: _Document | None = None
+    ) -> list[_Document]:
         return await _in_thread(lambda: list(self._collection.find(query, projection, sort=sort, limit=limit)))
 
-    async def find_one(self, query: Document) -> Document | None:
+    async def find_one(self, query: _Document) -> _Document | None:
         return await _in_thread(self._collection.find_one, query)
 
-    async def count(self, query: Document) -> int:
+    async def count(self, query: _Document) -> int:
         return await _in_thread(self._collection.count_documents, query)
 
     async def create_index(self, keys: list[tuple[str, int]], **options: Any) -> None:
@@ -414,8 +430,14 @@ class MongoStore(Generic[T]):
                 await self._create_ttl_index(self._ttl)
         self._indexes_ready = True
 
+    # -- inspection (anysched.InspectsJobs) --------------------------------------------------
+
     async def get_job(self, job_id: str) -> Job[T]:
-        """The stored job with this id. :raises JobNotFoundError: no such job"""
+        """The stored job with this id.
+
+        :raises JobNotFoundError: no such job
+        :raises UndecodableDocumentError: its document cannot be decoded (a ``ValueError``)
+        """
         await self._ready()
         with _translated("get_job"):
             found = await self._driver.find_one({"_id": job_id})
@@ -430,17 +452,55 @@ class MongoStore(Generic[T]):
         with _translated("count"):
             return await self._driver.count(query)
 
+    async def list_jobs(
+        self, status: JobStatus | None = None, *, limit: int = 100, after: str | None = None
+    ) -> list[Job[T]]:
+        """Up to ``limit`` jobs with ``status`` (all when ``None``) whose ids sort after ``after``, by id.
+
+        :raises UndecodableDocumentError: a listed job's document cannot be decoded (a ``ValueError``)
+        """
+        status = _check_list_arguments(status, limit, after)
+        query: _Document = {} if status is None else {"status": status.value}
+        if after is not None:
+            query["_id"] = {"$gt": after}
+        await self._ready()
+        with _translated("list_jobs"):
+            found = await self._driver.find(query, sort=[("_id", 1)], limit=limit)
+        return [self._job(document) for document in found]
+
+    async def purge(self, *, completed_before: datetime) -> int:
+        """Delete completed jobs processed before ``completed_before``; return how many.
+
+        Pending and failed jobs are never purged. Each step finds at most a few hundred
+        such jobs and deletes those still completed and old, so no one request runs long
+        (``completed_ttl`` has the server delete them by itself).
+        """
+        cutoff = require_utc("completed_before", completed_before)
+        old_completed: _Document = {"status": JobStatus.COMPLETED.value, "processed_at": {"$lt": cutoff}}
+        await self._ready()
+        deleted = 0
+        while True:
+            with _translated("purge"):
+                found = await self._driver.find(
+                    old_completed, sort=[("processed_at", 1)], limit=_PURGE_BATCH, projection={"_id": 1}
+                )
+                if found:
+                    ids = [document["_id"] for document in found]
+                    deleted += await self._driver.delete_many({"_id": {"$in": ids}, **old_completed})
+            if len(found) < _PURGE_BATCH:
+                return deleted
+
     # -- claims --------------------------------------------------------------------------------
 
-    async def _claim_batch(self, claim: _Claim, limit: int) -> list[Document]:
+    async def _claim_batch(self, claim: _Claim, limit: int) -> list[_Document]:
         """Claim with O(1) round trips: candidates, one guarded ``update_many``, read back.
 
         The guard repeats the claimable filter, so a job another caller claimed between
         our find and our update is not touched; each batch has its own lease token, and
         updates are fenced by ``_id`` and token together.
         """
-        won: list[Document] = []
-        for _ in range(MAX_CLAIM_ROUNDS):
+        won: list[_Document] = []
+        for _ in range(_MAX_CLAIM_ROUNDS):
             wanted = limit - len(won)
             candidates = await self._driver.find(
                 _claimable(claim.now), sort=[("process_after", 1)], limit=wanted, projection={"_id": 1}
@@ -450,7 +510,7 @@ class MongoStore(Generic[T]):
             ids = [candidate["_id"] for candidate in candidates]
             token = claim.new_token()  # recorded before the update: its reply may be lost after it applied
             query = {"_id": {"$in": ids}, **_claimable(claim.now)}
-            round_won: list[Document] = []
+            round_won: list[_Document] = []
             if await self._driver.update_many(query, _claim_update(token, claim.lease_until)):
                 round_won = await self._driver.find({"_id": {"$in": ids}, "lease": token}, sort=[("process_after", 1)])
             won += round_won
@@ -459,9 +519,9 @@ class MongoStore(Generic[T]):
                 break  # nothing lost to a concurrent claimer: no reason to look again
         return sorted(won, key=lambda document: document["process_after"])
 
-    async def _claim_one_by_one(self, claim: _Claim, limit: int) -> list[Document]:
+    async def _claim_one_by_one(self, claim: _Claim, limit: int) -> list[_Document]:
         """Claim with one ``find_one_and_update`` per job, each under its own lease token."""
-        won: list[Document] = []
+        won: list[_Document] = []
         while len(won) < limit:
             update = _claim_update(claim.new_token(), claim.lease_until)
             found = await self._driver.claim_one(_claimable(claim.now), update, [("process_after", 1)])
@@ -480,18 +540,18 @@ class MongoStore(Generic[T]):
         if not claim.tokens:
             return
         handed_back: int | None = None
-        with anyio.move_on_after(HAND_BACK_TIMEOUT, shield=True):
+        with anyio.move_on_after(_HAND_BACK_TIMEOUT, shield=True):
             try:
                 handed_back = await self._driver.update_many(claim.still_leased(), claim.release())
             except Exception as error:
                 _log_not_handed_back(claim, _describe_any(error))
                 return
         if handed_back is None:
-            _log_not_handed_back(claim, f"no answer within {HAND_BACK_TIMEOUT:g}s")
+            _log_not_handed_back(claim, f"no answer within {_HAND_BACK_TIMEOUT:g}s")
         elif handed_back:
-            logger.warning("a claim failed part-way; handed back the %d job(s) it had won", handed_back)
+            _logger.warning("a claim failed part-way; handed back the %d job(s) it had won", handed_back)
 
-    async def _decode_claimed(self, documents: list[Document], now: datetime) -> list[Job[T]]:
+    async def _decode_claimed(self, documents: list[_Document], now: datetime) -> list[Job[T]]:
         """Jobs for the claimed documents; one that cannot be decoded is marked failed and skipped.
 
         Handing it back would make every fetch claim it again (a crash loop); a failed job
@@ -505,15 +565,15 @@ class MongoStore(Generic[T]):
                 await self._fail_undecodable(document, now, error)
         return jobs
 
-    async def _fail_undecodable(self, document: Document, now: datetime, error: UndecodableDocumentError) -> None:
+    async def _fail_undecodable(self, document: _Document, now: datetime, error: UndecodableDocumentError) -> None:
         # The error names the field and the error's type only: the stored value may be a secret.
-        logger.error("job %r: stored document cannot be decoded, marking it failed: %s", document["_id"], error)
+        _logger.error("job %r: stored document cannot be decoded, marking it failed: %s", document["_id"], error)
         failed = {
             "status": JobStatus.FAILED.value,
             "processed_at": now,
             "visible_after": None,
             "claimable_at": None,
-            "last_error": f"{type(error).__name__}: {error}",
+            "last_error": _undecodable_last_error(error),
         }
         with _translated("update_job (undecodable)"):
             await self._driver.update_one(_fenced(document["_id"], document["lease"]), {"$set": failed})
@@ -543,55 +603,43 @@ class MongoStore(Generic[T]):
             ) from error
 
     async def _raise_why_unmatched(self, job_id: str) -> None:
-        if await self._driver.find_one({"_id": job_id}) is None:
-            raise JobNotFoundError(job_id)
-        raise LeaseLostError(job_id)
+        exists = await self._driver.find_one({"_id": job_id}) is not None
+        raise _update_refused(job_id, exists=exists)
 
-    def _document(self, job: Job[T]) -> Document:
-        return {
-            "_id": job.id,
-            "payload": self._codec.encode(job.payload),
-            "status": job.status.value,
-            "process_after": job.process_after,
-            "visible_after": job.visible_after,
-            "processed_at": job.processed_at,
-            "attempts": job.attempts,
-            "lease": job.lease,
-            "last_error": job.last_error,
-            "max_attempts": job.max_attempts,
-            "timeout": job.timeout,
-            "claimable_at": job.claimable_at,
-        }
+    def _document(self, job: Job[T]) -> _Document:
+        """The document that stores ``job``: each field as ``_FIELDS`` maps it, and its ``claimable_at``."""
+        document = {key: write(getattr(job, name)) for name, (key, write, _, _) in _FIELDS.items()}
+        return {**document, "payload": self._codec.encode(job.payload), "claimable_at": job.claimable_at}
 
     def _job(self, document: Mapping[str, Any]) -> Job[T]:
         """The job ``document`` stores. :raises UndecodableDocumentError: naming the field, not its value"""
         with _decoding("payload"):
             payload = self._codec.decode(document["payload"])
-        fields = {name: _read(document, key, read, default) for name, (key, read, default) in _READERS.items()}
+        fields = {name: _read(document, key, read, default) for name, (key, _, read, default) in _FIELDS.items()}
         try:
             return Job(payload=payload, **fields)
         except (TypeError, ValueError) as error:  # Job's own checks quote the value: name the field
             raise UndecodableDocumentError(_refused_by_job(fields), error) from None
 
 
-_PENDING: Document = {"status": JobStatus.PENDING.value}
-_LEASED: Document = {"status": JobStatus.PENDING.value, "visible_after": {"$ne": None}}
+_PENDING: _Document = {"status": JobStatus.PENDING.value}
+_LEASED: _Document = {"status": JobStatus.PENDING.value, "visible_after": {"$ne": None}}
 """A job whose lease is held: an outcome (finished, or ``visible_after`` cleared) ends it."""
 
 
-def _claimable(now: datetime) -> Document:
+def _claimable(now: datetime) -> _Document:
     """Pending, due and not leased (``claimable_at`` is the later of due time and lease end)."""
     return {"status": JobStatus.PENDING.value, "process_after": {"$lte": now}, "claimable_at": {"$lte": now}}
 
 
-def _claim_update(token: str, lease_until: datetime) -> Document:
+def _claim_update(token: str, lease_until: datetime) -> _Document:
     return {
         "$set": {"visible_after": lease_until, "claimable_at": lease_until, "lease": token},
         "$inc": {"attempts": 1},
     }
 
 
-def _fenced(job_id: str, lease: str) -> Document:
+def _fenced(job_id: str, lease: str) -> _Document:
     """Only while the lease is held (``Job.accepts_write_fenced_by``): an outcome ends it, so a
     write sent before it with the same token (a renewal abandoned in a thread) cannot land after."""
     return {"_id": job_id, "lease": lease, **_LEASED}
@@ -612,16 +660,16 @@ class _Claim:
         self.tokens.append(token)
         return token
 
-    def still_leased(self) -> Document:
+    def still_leased(self) -> _Document:
         # claimable_at equals this claim's lease end on every job it won: the next-due index finds them
         return {"lease": {"$in": self.tokens}, "claimable_at": self.lease_until, **_LEASED}
 
-    def release(self) -> Document:
+    def release(self) -> _Document:
         return {"$set": {"visible_after": None, "claimable_at": self.now}, "$inc": {"attempts": -1}}
 
 
 def _log_not_handed_back(claim: _Claim, why: str) -> None:
-    logger.error(
+    _logger.error(
         "a claim failed part-way and could not hand back the job(s) it won (%d known): %s; "
         "they can be claimed again when their lease ends at %s",
         *(claim.won, why, claim.lease_until.isoformat()),
@@ -646,18 +694,6 @@ def _required_utc(value: object) -> datetime:
 # -- decoding --------------------------------------------------------------------------------------
 
 
-class UndecodableDocumentError(ValueError):
-    """A stored job document that cannot be decoded: names the field and the error's type.
-
-    Never the stored value, nor the underlying error's message (which may quote it):
-    payloads may hold secrets.
-    """
-
-    def __init__(self, field: str, error: Exception) -> None:
-        super().__init__(f"stored field {field!r} cannot be decoded ({type(error).__name__})")
-        self.field = field
-
-
 @contextmanager
 def _decoding(field: str) -> Generator[None]:
     try:
@@ -675,6 +711,10 @@ def _as_is(value: object) -> object:
     return value
 
 
+def _status_value(status: JobStatus) -> str:
+    return status.value
+
+
 def _refused_by_job(fields: Mapping[str, Any]) -> str:
     """Which field ``Job`` refused: each one it checks is tried alone (on the failure path only)."""
     for name in ("id", "attempts", "max_attempts", "timeout"):
@@ -686,16 +726,19 @@ def _refused_by_job(fields: Mapping[str, Any]) -> str:
 
 
 _REQUIRED = object()
-_READERS: dict[str, tuple[str, Callable[[Any], Any], object]] = {
-    "id": ("_id", _as_is, _REQUIRED),
-    "status": ("status", JobStatus, _REQUIRED),
-    "process_after": ("process_after", _required_utc, _REQUIRED),
-    "visible_after": ("visible_after", _utc, None),
-    "processed_at": ("processed_at", _utc, None),
-    "attempts": ("attempts", _as_is, 0),
-    "lease": ("lease", _as_is, None),
-    "last_error": ("last_error", _as_is, None),
-    "max_attempts": ("max_attempts", _as_is, None),  # absent from documents written before 0.1
-    "timeout": ("timeout", _as_is, None),
+_FIELDS: dict[str, tuple[str, Callable[[Any], Any], Callable[[Any], Any], object]] = {
+    "id": ("_id", _as_is, _as_is, _REQUIRED),
+    "status": ("status", _status_value, JobStatus, _REQUIRED),
+    "process_after": ("process_after", _as_is, _required_utc, _REQUIRED),
+    "visible_after": ("visible_after", _as_is, _utc, None),
+    "processed_at": ("processed_at", _as_is, _utc, None),
+    "attempts": ("attempts", _as_is, _as_is, 0),
+    "lease": ("lease", _as_is, _as_is, None),
+    "last_error": ("last_error", _as_is, _as_is, None),
+    "max_attempts": ("max_attempts", _as_is, _as_is, None),  # absent from documents written before 0.1
+    "timeout": ("timeout", _as_is, _as_is, None),
 }
-"""Each Job attribute but the payload: its document key, how to read it, its default if absent."""
+"""The one map of Job attributes to document keys: every attribute but the payload (a nested
+document through the codec), with its key, how its value is written (datetimes as BSON dates,
+as they are), how it is read back, and its default when absent. Queries name the keys the
+claim and the fence use (``status``, ``lease``, ``visible_after``…) directly."""
