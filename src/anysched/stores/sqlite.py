@@ -43,7 +43,7 @@ S = TypeVar("S", bound="SQLiteStore[Any]")  # `async with` gives back the store'
 
 __all__ = ("SCHEMA_VERSION", "SQLiteStore", "SQLiteStoreError", "Synchronous")
 
-logger: logging.Logger = logging.getLogger("anysched")
+_logger: logging.Logger = logging.getLogger("anysched")
 
 SCHEMA_VERSION: Final = 1
 """The version of the tables this anysched writes; kept in the ``anysched_meta`` table."""
@@ -338,9 +338,9 @@ class SQLiteStore(Generic[T]):
         try:
             await self._run(lambda connection: _release(connection, jobs))
         except Exception as error:  # the leases expire anyway; don't mask the original exception
-            logger.warning("could not hand back %d claimed job(s): %r", len(jobs), error)
+            _logger.warning("could not hand back %d claimed job(s): %r", len(jobs), error)
         else:
-            logger.info("handed back %d claimed job(s) that no caller received", len(jobs))
+            _logger.info("handed back %d claimed job(s) that no caller received", len(jobs))
 
     # -- the claim ---------------------------------------------------------------------------
 
@@ -362,7 +362,7 @@ class SQLiteStore(Generic[T]):
             try:
                 jobs.append(self._job(row))
             except PayloadError as error:  # its message names fields and kinds, never the payload
-                logger.error("job %s: %s; marking it failed", row["id"], error)
+                _logger.error("job %s: %s; marking it failed", row["id"], error)
                 broken.append({"id": row["id"], "last_error": f"PayloadError: {error}"})
         return jobs, broken
 
@@ -382,14 +382,14 @@ class SQLiteStore(Generic[T]):
             deadline = time.monotonic() + _EXPIRY_BUDGET  # real work time, whatever the event loop's clock
             deleted, backlog = await self._delete_completed(now_us - self._ttl // _MICROSECOND, deadline=deadline)
         except Exception as error:  # housekeeping: the claim itself succeeded
-            logger.warning("could not delete expired completed jobs: %r; trying again later", error)
+            _logger.warning("could not delete expired completed jobs: %r; trying again later", error)
             deleted, backlog = 0, False
         finally:
             self._expiring = False
         if not backlog:
             self._next_expiry = now_us + min(self._ttl, _MAX_EXPIRY_INTERVAL) // _MICROSECOND
         if deleted:
-            logger.info("deleted %d completed job(s) older than %s", deleted, self._ttl)
+            _logger.info("deleted %d completed job(s) older than %s", deleted, self._ttl)
 
     async def _delete_completed(self, cutoff_us: int, *, deadline: float | None) -> tuple[int, bool]:
         """Delete completed jobs processed before ``cutoff_us`` in steps of ``_PURGE_STEP`` rows.
@@ -513,7 +513,7 @@ def _ensure_schema(connection: sqlite3.Connection, path: str) -> None:
         if version is None:
             for statement in _SCHEMA:
                 connection.execute(statement)
-            logger.info("created the anysched tables (schema version %d) in %s", SCHEMA_VERSION, path)
+            _logger.info("created the anysched tables (schema version %d) in %s", SCHEMA_VERSION, path)
         elif version > SCHEMA_VERSION:
             raise SQLiteStoreError(
                 f"the job database {path!r} has schema version {version}, from a newer anysched; "
