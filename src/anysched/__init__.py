@@ -9,6 +9,8 @@ leases due jobs and runs them concurrently on an async handler::
 
 from __future__ import annotations
 
+from types import FunctionType as _FunctionType
+
 from ._exceptions import AnyschedError as AnyschedError
 from ._exceptions import DuplicateJobError as DuplicateJobError
 from ._exceptions import FailJob as FailJob
@@ -25,6 +27,7 @@ from ._retry import TRANSIENT_ERRORS as TRANSIENT_ERRORS
 from ._retry import Backoff as Backoff
 from ._retry import RetryPolicy as RetryPolicy
 from ._scheduler import Scheduler as Scheduler
+from ._scheduler import SchedulerStatistics as SchedulerStatistics
 from ._scheduler import open_scheduler as open_scheduler
 from ._signals import shutdown_on_signals as shutdown_on_signals
 from ._store import JobStore as JobStore
@@ -50,21 +53,30 @@ __all__ = (
     "RetryJob",
     "RetryPolicy",
     "Scheduler",
+    "SchedulerStatistics",
     "TransientStoreError",
     "open_scheduler",
     "shutdown_on_signals",
 )
 
-# Errors read "anysched.FailJob: …" in tracebacks and in a job's last_error, not the private module.
-for _error in (
-    AnyschedError,
-    DuplicateJobError,
-    FailJob,
-    JobNotFoundError,
-    JobTimeoutError,
-    LeaseLostError,
-    PayloadError,
-    RetryJob,
-    TransientStoreError,
-):
-    _error.__module__ = __name__
+
+def _fixup_module_metadata() -> None:
+    """Make each public class and function defined in a private module report ``anysched`` as its
+    module (as trio's ``fixup_module_metadata`` does): ``anysched.FailJob: …`` in tracebacks and in a
+    job's ``last_error``, ``<class 'anysched.Job'>`` in reprs, and pickles that name the public path.
+
+    Only ``__module__`` changes: names stay (``open_scheduler`` is ``Scheduler``, and is named so), and
+    what is neither a class nor a function (the ``Handler`` alias, the ``TRANSIENT_ERRORS`` tuple) is
+    left alone. A class re-exported from a public module (``MemoryStore``) keeps that module.
+    """
+    namespace = globals()
+    for name in __all__:
+        obj = namespace[name]
+        if isinstance(obj, (type, _FunctionType)):
+            module: str = obj.__module__
+            if module.startswith(f"{__name__}._"):
+                obj.__module__ = __name__
+
+
+_fixup_module_metadata()
+del _fixup_module_metadata
