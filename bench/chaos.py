@@ -309,6 +309,8 @@ class Write:
     end_seq: int
     late: bool = False
     """Landed from the background after its caller had given up on it."""
+    reply_lost: bool = False
+    """Its caller got an error instead of the reply (it learns of the write only if a retry lands too)."""
 
 
 @dataclass(eq=False)
@@ -352,6 +354,25 @@ class Claim:
                 if moment <= max(ends):
                     return True
         return False
+
+    def holder_lease_end(self, moment: datetime, length: timedelta) -> datetime:
+        """The latest the holder can have reckoned this lease to end, as of ``moment``.
+
+        A scheduler times its lease on its own clock: ``length`` after the start of the last
+        renewal it heard back from (or before its claim), which is never later than the end the
+        store wrote for it. Bounded here by the claim's end and, for each renewal the store
+        accepted by ``moment`` and answered (not landed late after its caller gave up on it, nor
+        with its reply lost), the lower of its stored end and ``length`` after the last renewal
+        try made before it landed.
+        """
+        ends = [self.visible_after]
+        for write in self.writes:
+            unheard = write.late or write.reply_lost
+            if write.kind != "renew" or unheard or write.visible_after is None or write.at > moment:
+                continue
+            tries = [at for at in self.renew_attempts if at <= write.at]
+            ends.append(min(write.visible_after, max(tries) + length) if tries else write.visible_after)
+        return max(ends)
 
     def lease_end(self, before_seq: int | None = None) -> datetime:
         """The last ``visible_after`` the store accepted for this lease."""
@@ -580,11 +601,11 @@ class ChaosStore:
             return
         start = self._next_seq()
         await _shielded(lambda: self.inner.update_job(job))  # LeaseLostError, JobNotFoundError: nothing written
-        self._record(job, start)
+        self._record(job, start, reply_lost=fault == "lost reply" and not process.dead)
         if not process.dead:
             self._exit(fault, "update_job")
 
-    def _record(self, job: Job[Work], start: int, *, late: bool = False) -> None:
+    def _record(self, job: Job[Work], start: int, *, late: bool = False, reply_lost: bool = False) -> None:
         """Record an update the store accepted."""
         end = self._next_seq()
         assert job.lease is not None
@@ -593,7 +614,8 @@ class ChaosStore:
             self.events["writes under an unknown lease"] += 1
             return
         kind = write_kind(claim, job)
-        claim.writes.append(Write(kind, chaos_clock(), job.visible_after, job.attempts, job.status, start, end, late))
+        at = chaos_clock()
+        claim.writes.append(Write(kind, at, job.visible_after, job.attempts, job.status, start, end, late, reply_lost))
         self.events[f"writes {kind}"] += 1
         if kind in ("completed", "failed"):
             self._on_finished(job.id)
@@ -886,6 +908,12 @@ class ChaosResult:
     """Runs with a result that the store never recorded because the lease ran out first: it ended
     after the lease did, or during a renewal that went unanswered, or the write of its outcome
     kept failing until the lease was gone (the job runs again: a lease-expiry re-run)."""
+    timed_out_in_doubt: int
+    """Runs cut off at their job timeout once their holder's lease had run out by the holder's own
+    clock (a renewal unanswered, or none sent, until then), with nothing written: the scheduler
+    puts such a lease in doubt and records no outcome for a handler it cut off. The store's end of
+    the lease may be later: a renewal abandoned then and landing late, or the store's end running
+    ahead of the holder's by the renewal's delay (the job runs again: a lease-expiry re-run)."""
     finished_in_drain: int
     elapsed: float
     """Event-loop seconds (virtual on trio's mock clock)."""
@@ -1022,6 +1050,7 @@ class ChaosResult:
             ("runs ended", ends),
             ("long runs renewed, run once", f"{self.long_runs_renewed:,}"),
             ("outcomes not recorded, lease ran out first", f"{self.dropped_outcomes:,}"),
+            ("timeouts not recorded, lease in doubt by then", f"{self.timed_out_in_doubt:,}"),
             ("instance events", actions),
             ("store chaos", store),
             ("handler behaviours", behaviours),
@@ -1381,9 +1410,10 @@ class ChaosRun:
             )
             for write in claim.writes:
                 until = "" if write.visible_after is None else f", until {write.visible_after:%H:%M:%S.%f}"
+                how = ", landed late" if write.late else ", reply lost" if write.reply_lost else ""
                 lines.append(
                     f"  write #{write.end_seq} {write.kind} at {write.at:%H:%M:%S.%f}: {write.status}, "
-                    f"attempts {write.attempts}{until}"
+                    f"attempts {write.attempts}{until}{how}"
                 )
             for run in self.runs:
                 if run.lease == claim.lease:
@@ -1441,6 +1471,8 @@ class ChaosRun:
         overlaps = 0
         long_runs_renewed = 0
         dropped = 0
+        timed_out_in_doubt = 0
+        lease = timedelta(seconds=self.config.visibility_timeout)
         for job_id, runs in runs_by_job.items():
             claims = self.store.claims.get(job_id, [])
             for run in runs:
@@ -1448,9 +1480,11 @@ class ChaosRun:
                 if held is None:
                     anomalies.append(f"{job_id}: a run under lease {run.lease} the store never handed out")
                     continue
-                problem = _inconsistency(run, held, killed=killed_in.get(run.incarnation, False))
+                problem = _inconsistency(run, held, killed=killed_in.get(run.incarnation, False), lease=lease)
                 if problem == DROPPED:
                     dropped += 1
+                elif problem == TIMED_OUT_IN_DOUBT:
+                    timed_out_in_doubt += 1
                 elif problem:
                     anomalies.append(f"{job_id}: {problem}")
                 if run.action == "long" and run.kind == "completed" and any(w.kind == "renew" for w in held.writes):
@@ -1494,6 +1528,7 @@ class ChaosRun:
             events=self.store.events,
             long_runs_renewed=long_runs_renewed,
             dropped_outcomes=dropped,
+            timed_out_in_doubt=timed_out_in_doubt,
             finished_in_drain=finished_in_drain,
             elapsed=elapsed,
             wall=wall,
@@ -1631,9 +1666,10 @@ AFTER_CANCEL_FITS: dict[str | None, frozenset[Ending]] = {
 that as the attempt's outcome, or as the interruption it caused."""
 
 DROPPED = "dropped"
+TIMED_OUT_IN_DOUBT = "timed out in doubt"
 
 
-def _inconsistency(run: Run, claim: Claim, *, killed: bool) -> str | None:
+def _inconsistency(run: Run, claim: Claim, *, killed: bool, lease: timedelta) -> str | None:
     """Why the store's record of ``run``'s lease does not fit how the handler ended, if it does not."""
     ending = claim.ending()
     if ending == "expired":  # nothing written: only a death or a lost lease explains that
@@ -1642,6 +1678,8 @@ def _inconsistency(run: Run, claim: Claim, *, killed: bool) -> str | None:
         end = run.end or run.start
         if claim.renewing_at(end) or end >= claim.lease_end() or any(at >= end for at in claim.outcome_attempts):
             return DROPPED  # a renewal that gave up, a lease gone before the result, or a write that never landed
+        if run.kind == "timeout" and end >= claim.holder_lease_end(end, lease):
+            return TIMED_OUT_IN_DOUBT  # cut off at its timeout as its holder's lease ran out: in doubt, no outcome
         return f"run {run.kind} under {run.lease} on live {run.incarnation}, but nothing was written"
     if run.kind in ENDING_FITS[ending] or ending in AFTER_CANCEL_FITS.get(run.after_cancel, frozenset[Ending]()):
         return None
