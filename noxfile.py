@@ -47,9 +47,10 @@ def tests(session: nox.Session) -> None:
     env = {"COVERAGE_FILE": f".coverage.{session.python}"}
     if not os.environ.get("MONGODB_URI") and not os.environ.get("ANYSCHED_SECANTUSD"):
         env["ANYSCHED_SECANTUSD"] = _secantusd(session)
-    # The chaos runs exercise logic that does not change between Pythons and take a minute
-    # under coverage: once per nox run is enough, on the newest Python.
-    args = session.posargs or ([] if session.python == PYTHONS[-1] else ["-m", "not chaos"])
+    # The chaos runs and the slow end-to-end runs (subprocesses, killed processes, a restarted
+    # server) exercise logic that does not change between Pythons and take minutes under
+    # coverage: once per nox run is enough, on the newest Python.
+    args = session.posargs or ([] if session.python == PYTHONS[-1] else ["-m", "not chaos and not slow"])
     session.run("coverage", "run", "-m", "pytest", *args, env=env)
 
 

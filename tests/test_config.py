@@ -2,12 +2,26 @@
 
 from __future__ import annotations
 
+import pickle
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
 
-from anysched import Backoff, FailJob, Job, JobStatus, MemoryStore, RetryJob, RetryPolicy, Scheduler, open_scheduler
+from anysched import (
+    Backoff,
+    DuplicateJobError,
+    FailJob,
+    Job,
+    JobNotFoundError,
+    JobStatus,
+    LeaseLostError,
+    MemoryStore,
+    RetryJob,
+    RetryPolicy,
+    Scheduler,
+    open_scheduler,
+)
 
 
 async def handler(job: Job[int]) -> None:
@@ -224,3 +238,11 @@ def test_a_jobs_repr_never_shows_its_payload() -> None:
     job = Job.create({"card": "4111111111111111"}, id="job-1")
     assert "4111" not in repr(job)
     assert "job-1" in repr(job)
+
+
+@pytest.mark.parametrize("error", [DuplicateJobError("j"), LeaseLostError("j"), JobNotFoundError("j")])
+def test_errors_survive_pickling(error: Exception) -> None:
+    """They cross process boundaries (multiprocessing, task queues): rebuilt, they say the same."""
+    again = pickle.loads(pickle.dumps(error))
+    assert type(again) is type(error)
+    assert str(again) == str(error)

@@ -11,6 +11,8 @@ import pytest
 
 DEMO = Path(__file__).parent.parent / "examples" / "simple" / "main.py"
 
+pytestmark = pytest.mark.slow  # a subprocess run: once per nox run, on the newest Python
+
 
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
 def test_the_demo_runs_every_job(backend: str) -> None:

@@ -27,6 +27,9 @@ class DuplicateJobError(AnyschedError, ValueError):
         super().__init__(f"a job with id {job_id!r} already exists")
         self.job_id = job_id
 
+    def __reduce__(self) -> tuple[type[AnyschedError], tuple[str]]:
+        return type(self), (self.job_id,)  # rebuilt from the id, not from the message built from it
+
 
 class LeaseLostError(AnyschedError, RuntimeError):
     """The store no longer holds the caller's lease on this job.
@@ -38,6 +41,9 @@ class LeaseLostError(AnyschedError, RuntimeError):
     def __init__(self, job_id: str) -> None:
         super().__init__(f"the lease on job {job_id!r} was lost; the update was not written")
         self.job_id = job_id
+
+    def __reduce__(self) -> tuple[type[AnyschedError], tuple[str]]:
+        return type(self), (self.job_id,)  # rebuilt from the id, not from the message built from it
 
 
 class JobNotFoundError(AnyschedError, KeyError):
@@ -62,6 +68,22 @@ class TransientStoreError(AnyschedError):
 
 class PayloadError(AnyschedError, ValueError):
     """A payload could not be encoded for a store, or a stored one could not be decoded."""
+
+
+class UndecodableDocumentError(AnyschedError, ValueError):
+    """A stored job that cannot be decoded: names the field and the error's type.
+
+    Never the stored value, nor the underlying error's message (which may quote it), except
+    a :class:`PayloadError`'s, which names fields and kinds of failure only: payloads may
+    hold secrets. A store that claims such a job marks it failed with this error as its
+    ``last_error``.
+    """
+
+    def __init__(self, field: str, error: Exception) -> None:
+        kind = type(error).__name__
+        why = f"{kind}: {error}" if isinstance(error, PayloadError) else kind
+        super().__init__(f"stored field {field!r} cannot be decoded ({why})")
+        self.field = field
 
 
 class RetryJob(AnyschedError):

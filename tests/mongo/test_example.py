@@ -8,7 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from mongo_support import Server, free_port
+
+pytestmark = pytest.mark.slow  # a subprocess run: once per nox run, on the newest Python
 
 EXAMPLE = Path(__file__).parent.parent.parent / "examples" / "mongo" / "main.py"
 

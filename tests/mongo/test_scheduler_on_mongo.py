@@ -136,6 +136,7 @@ class RetrySeen(logging.Handler):
                 self.event.set()
 
 
+@pytest.mark.slow  # a server of its own, killed and restarted: once per nox run
 @pytest.mark.parametrize(
     "flavour", ["pymongo-async", "pymongo-sync-trio"]
 )  # one per adapter and backend: each costs a server

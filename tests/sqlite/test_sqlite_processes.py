@@ -31,6 +31,8 @@ VISIBILITY_TIMEOUT = 1.0
 WORKER = Path(__file__).with_name("worker_process.py")
 KILL_AT = (0.2, 0.45, 0.7)  # fractions of the jobs done when the next victim is killed
 
+pytestmark = pytest.mark.slow  # a subprocess run: once per nox run, on the newest Python
+
 
 @dataclass(frozen=True)
 class Run:
