@@ -126,6 +126,17 @@ class Recorder(Generic[T]):
             await self._done.wait()
 
 
+def peek(store: MemoryStore[T], job_id: str) -> Job[T]:
+    """The stored job with this id, read without awaiting (``MemoryStore.get_job`` is async), for
+    an ``until`` predicate."""
+    return next(job for job in store.jobs() if job.id == job_id)
+
+
+def tally(store: MemoryStore[Any], status: JobStatus) -> int:
+    """How many stored jobs have ``status``, counted without awaiting, for an ``until`` predicate."""
+    return sum(1 for job in store.jobs() if job.status is status)
+
+
 def settled(store: MemoryStore[T]) -> bool:
     """No job is leased: each one is finished, or pending and visible to the next fetch."""
     return all(job.status is not JobStatus.PENDING or job.visible_after is None for job in store.jobs())

@@ -65,7 +65,7 @@ async def test_a_step_of_the_wall_clock_neither_stops_renewals_nor_cancels_the_h
             await until(lambda: bool(ran))
             await until(lambda: not (scheduler.statistics().held))
     assert ran == ["long"]  # not cancelled
-    assert store.inner.get_job("long").status is JobStatus.COMPLETED
+    assert (await store.inner.get_job("long")).status is JobStatus.COMPLETED
     after_step = [(now, lease_end) for now, lease_end in renewals if now > renewals[0][0] + timedelta(seconds=LEASE)]
     assert len(after_step) >= 4  # renewals went on every third of the lease, stepped clock or not
     for now, lease_end in renewals:

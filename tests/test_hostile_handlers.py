@@ -18,7 +18,7 @@ import anyio.lowlevel
 import pytest
 
 from anysched import Job, JobStatus, MemoryStore, RetryPolicy, open_scheduler
-from support import FAST_RETRY, WrappedStore, settled, until
+from support import FAST_RETRY, WrappedStore, peek, settled, until
 
 if sys.version_info < (3, 11):
     from exceptiongroup import BaseExceptionGroup, ExceptionGroup
@@ -46,7 +46,7 @@ async def run_jobs(store: MemoryStore[str], handler: Handler, clock: Clock, *ids
         await store.add_job(Job.create(job_id, id=job_id, process_after=clock()))
     with anyio.fail_after(30):
         async with open_scheduler(store, handler, clock=clock, fetch_interval=0.05, **options) as scheduler:  # type: ignore[arg-type]
-            await until(lambda: not (any(store.get_job(job_id).status is JobStatus.PENDING for job_id in ids)))
+            await until(lambda: not (any(peek(store, job_id).status is JobStatus.PENDING for job_id in ids)))
             assert scheduler.statistics().running == 0
 
 
@@ -58,12 +58,12 @@ async def test_a_foreign_cancellation_is_the_attempts_failure(clock: Clock) -> N
             raise await foreign_cancellation()
 
     await run_jobs(store, handler, clock, "hostile", "fine")
-    hostile = store.get_job("hostile")
+    hostile = await store.get_job("hostile")
     assert hostile.status is JobStatus.FAILED
     assert hostile.attempts == 1  # it used its attempt: a restart does not loop on it forever
     assert hostile.last_error is not None
     assert "not a cancellation by anysched" in hostile.last_error
-    assert store.get_job("fine").status is JobStatus.COMPLETED
+    assert (await store.get_job("fine")).status is JobStatus.COMPLETED
     assert settled(store)
 
 
@@ -79,7 +79,7 @@ async def test_a_foreign_cancellation_is_retried_by_the_policy(clock: Clock) -> 
     policy = RetryPolicy(max_attempts=2, backoff=FAST_RETRY)
     await run_jobs(store, handler, clock, "flaky", retry=policy)
     assert runs == [1, 2]
-    assert store.get_job("flaky").status is JobStatus.COMPLETED
+    assert (await store.get_job("flaky")).status is JobStatus.COMPLETED
 
 
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])
@@ -97,8 +97,8 @@ async def test_asyncio_a_cancelled_task_awaited_by_the_handler_does_not_stop_the
             await task
 
     await run_jobs(store, handler, clock, "hostile", "fine")
-    assert store.get_job("hostile").status is JobStatus.FAILED
-    assert store.get_job("fine").status is JobStatus.COMPLETED
+    assert (await store.get_job("hostile")).status is JobStatus.FAILED
+    assert (await store.get_job("fine")).status is JobStatus.COMPLETED
 
 
 async def test_exception_groups_with_and_without_a_cancellation_inside_are_failures(clock: Clock) -> None:
@@ -112,11 +112,11 @@ async def test_exception_groups_with_and_without_a_cancellation_inside_are_failu
 
     await run_jobs(store, handler, clock, "group", "group-with-cancel", "fine")
     for job_id in ("group", "group-with-cancel"):
-        job = store.get_job(job_id)
+        job = await store.get_job(job_id)
         assert job.status is JobStatus.FAILED
         assert job.last_error is not None
         assert "Group" in job.last_error
-    assert store.get_job("fine").status is JobStatus.COMPLETED
+    assert (await store.get_job("fine")).status is JobStatus.COMPLETED
 
 
 def raising_on_cancel(started: anyio.Event) -> Handler:
@@ -154,11 +154,11 @@ async def test_a_handler_raising_while_its_lease_is_lost_does_not_crash_the_sche
             [thief] = await store.inner.fetch_pending_jobs(clock() + timedelta(hours=1), 1, timedelta(hours=2))
             await until(lambda: not (scheduler.statistics().running))
             await store.add_job(Job.create("fine", id="fine", process_after=clock()))
-            await until(lambda: store.inner.get_job("fine").status is not JobStatus.PENDING)
+            await until(lambda: peek(store.inner, "fine").status is not JobStatus.PENDING)
     # The thief's lease is untouched: nothing of the cancelled run was written.
-    assert store.inner.get_job("hostile").lease == thief.lease
-    assert store.inner.get_job("hostile").status is JobStatus.PENDING
-    assert store.inner.get_job("fine").status is JobStatus.COMPLETED
+    assert (await store.inner.get_job("hostile")).lease == thief.lease
+    assert (await store.inner.get_job("hostile")).status is JobStatus.PENDING
+    assert (await store.inner.get_job("fine")).status is JobStatus.COMPLETED
 
 
 async def test_a_handler_raising_while_cancelled_at_shutdown_leaves_the_block_cleanly(clock: Clock) -> None:
@@ -169,7 +169,7 @@ async def test_a_handler_raising_while_cancelled_at_shutdown_leaves_the_block_cl
         async with open_scheduler(store, raising_on_cancel(started), clock=clock) as scheduler:
             await started.wait()
             scheduler.shutdown(cancel_running=True)
-    job = store.get_job("hostile")
+    job = await store.get_job("hostile")
     assert (job.status, job.attempts, job.visible_after) == (JobStatus.PENDING, 0, None)  # handed back
 
 
@@ -183,7 +183,7 @@ async def test_a_handler_raising_while_the_scheduler_is_cancelled_from_outside(c
                 await started.wait()
                 outside.cancel()
     assert outside.cancelled_caught  # a cancellation, not the handler's ValueError, left the block
-    job = store.get_job("hostile")
+    job = await store.get_job("hostile")
     assert (job.status, job.attempts, job.visible_after) == (JobStatus.PENDING, 0, None)
 
 
@@ -197,7 +197,7 @@ async def test_a_handler_that_swallows_its_timeout_has_timed_out(clock: Clock) -
             pass  # swallowed: returns "normally" after its deadline
 
     await run_jobs(store, handler, clock, "stubborn", job_timeout=0.05)
-    job = store.get_job("stubborn")
+    job = await store.get_job("stubborn")
     assert job.status is JobStatus.FAILED
     assert job.last_error is not None
     assert job.last_error.startswith("anysched.JobTimeoutError")

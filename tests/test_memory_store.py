@@ -30,11 +30,11 @@ async def test_snapshot_get_and_counts() -> None:
     [leased] = await store.fetch_pending_jobs(T0, 1, VT)
     await store.update_job(replace(leased, status=JobStatus.COMPLETED, processed_at=at(1), visible_after=None))
     assert [j.id for j in store.jobs()] == ["j0", "j1", "j2"]
-    assert store.get_job("j0").status is JobStatus.COMPLETED
-    assert (store.count(), store.count(JobStatus.PENDING), store.count(JobStatus.COMPLETED)) == (3, 2, 1)
+    assert (await store.get_job("j0")).status is JobStatus.COMPLETED
+    assert [await store.count(status) for status in (None, JobStatus.PENDING, JobStatus.COMPLETED)] == [3, 2, 1]
     assert len(store) == 3
     with pytest.raises(JobNotFoundError, match="no job with id 'nope'"):
-        store.get_job("nope")
+        await store.get_job("nope")
 
 
 async def test_purge_removes_only_old_completed_jobs() -> None:
@@ -45,11 +45,11 @@ async def test_purge_removes_only_old_completed_jobs() -> None:
     for n, j in enumerate(leased[:2]):
         await store.update_job(replace(j, status=JobStatus.COMPLETED, processed_at=at(n * 10)))
     await store.update_job(replace(leased[2], status=JobStatus.FAILED, processed_at=at(0)))
-    assert store.purge(completed_before=at(5)) == 1
+    assert await store.purge(completed_before=at(5)) == 1
     assert sorted(j.id for j in store.jobs()) == ["j1", "j2", "j3"]
-    assert store.count(JobStatus.COMPLETED) == 1
+    assert await store.count(JobStatus.COMPLETED) == 1
     with pytest.raises(ValueError, match="completed_before must be timezone-aware"):
-        store.purge(completed_before=T0.replace(tzinfo=None))
+        await store.purge(completed_before=T0.replace(tzinfo=None))
 
 
 async def test_next_due_time_follows_due_times_and_leases() -> None:

@@ -62,7 +62,7 @@ async def run_until_done(store: MemoryStore[int], handler: Script, clock: Clock,
     with anyio.fail_after(30):
         async with open_scheduler(store, handler, fetch_interval=5, clock=clock, **options):
             await handler.done.wait()
-    return store.get_job(job.id)
+    return await store.get_job(job.id)
 
 
 async def test_without_a_policy_a_failed_job_stays_failed(clock: Clock) -> None:
@@ -104,7 +104,7 @@ async def test_a_jobs_own_max_attempts_overrides_the_policy(clock: Clock) -> Non
         one = RetryPolicy(max_attempts=1, backoff=QUICK.backoff)
         async with open_scheduler(store, handler, retry=one, fetch_interval=5, clock=clock):
             await handler.done.wait()
-    assert (store.get_job("own").status, store.get_job("own").attempts) == (JobStatus.COMPLETED, 3)
+    assert ((await store.get_job("own")).status, (await store.get_job("own")).attempts) == (JobStatus.COMPLETED, 3)
 
 
 async def test_fail_job_fails_for_good_whatever_the_policy(clock: Clock) -> None:
@@ -148,7 +148,7 @@ async def test_a_poison_job_fails_once_its_attempts_are_used_up(clock: Clock, ca
     with anyio.fail_after(30):
         async with open_scheduler(store, handler, workers=1, retry=RetryPolicy(max_attempts=2), clock=clock):
             await handler.done.wait()  # one worker: the poison job was dealt with first
-    job = store.get_job("poison")
+    job = await store.get_job("poison")
     assert (job.status, job.attempts) == (JobStatus.FAILED, 3)
     assert job.last_error is not None
     assert job.last_error.startswith("gave up after 2 attempt(s)")
@@ -166,8 +166,8 @@ async def test_without_a_policy_a_crashed_job_runs_again(clock: Clock) -> None:
     with anyio.fail_after(30):
         async with open_scheduler(store, handler, fetch_interval=0.05, clock=clock):
             await handler.done.wait()
-    assert store.get_job("crashed").status is JobStatus.COMPLETED
-    assert store.get_job("crashed").attempts == 4
+    assert (await store.get_job("crashed")).status is JobStatus.COMPLETED
+    assert (await store.get_job("crashed")).attempts == 4
 
 
 async def test_a_handler_past_its_timeout_is_cancelled_and_the_attempt_fails(clock: Clock) -> None:
@@ -189,9 +189,9 @@ async def test_a_jobs_own_timeout_overrides_the_schedulers(clock: Clock) -> None
     with anyio.fail_after(30):
         async with open_scheduler(store, handler, job_timeout=3600, fetch_interval=0.05, clock=clock):
             await handler.done.wait()
-    assert store.get_job("own").status is JobStatus.FAILED
-    assert store.get_job("own").last_error is not None
-    assert "timeout of 0.1s" in str(store.get_job("own").last_error)
+    assert (await store.get_job("own")).status is JobStatus.FAILED
+    assert (await store.get_job("own")).last_error is not None
+    assert "timeout of 0.1s" in str((await store.get_job("own")).last_error)
 
 
 async def test_a_job_timeout_longer_than_the_lease_keeps_the_lease(clock: Clock) -> None:
@@ -207,7 +207,7 @@ async def test_a_job_timeout_longer_than_the_lease_keeps_the_lease(clock: Clock)
     with anyio.fail_after(30):
         async with open_scheduler(store, long_handler, retry=QUICK, **options):  # type: ignore[arg-type]
             await finished.wait()
-    job = store.get_job("long")
+    job = await store.get_job("long")
     assert (job.status, job.attempts) == (JobStatus.COMPLETED, 1)
 
 
@@ -219,7 +219,7 @@ async def test_shutdown_that_cancels_a_job_with_a_timeout_hands_it_back(clock: C
         async with open_scheduler(store, handler, job_timeout=60, retry=QUICK, clock=clock) as scheduler:
             await handler.done.wait()
             scheduler.shutdown(cancel_running=True)
-    job = store.get_job("cut")
+    job = await store.get_job("cut")
     assert (job.status, job.attempts, job.visible_after, job.last_error) == (JobStatus.PENDING, 0, None, None)
 
 
@@ -261,7 +261,7 @@ async def test_fail_job_inside_the_handlers_task_group_still_decides(clock: Cloc
     with anyio.fail_after(30):
         async with open_scheduler(store, handler, retry=QUICK, clock=clock):
             await ran.wait()
-    job = store.get_job("grouped")
+    job = await store.get_job("grouped")
     assert (job.status, job.attempts, job.last_error) == (JobStatus.FAILED, 1, "not deliverable")
 
 
@@ -281,7 +281,7 @@ async def test_retry_job_inside_the_handlers_task_group_postpones(clock: Clock) 
         async with open_scheduler(store, handler, clock=clock):  # no policy: RetryJob decides
             await done.wait()
     assert [job.attempts for job in runs] == [1, 1]
-    assert store.get_job("grouped").status is JobStatus.COMPLETED
+    assert (await store.get_job("grouped")).status is JobStatus.COMPLETED
 
 
 async def test_an_ordinary_error_in_a_task_group_is_a_failed_attempt(clock: Clock) -> None:
@@ -299,7 +299,7 @@ async def test_an_ordinary_error_in_a_task_group_is_a_failed_attempt(clock: Cloc
     with anyio.fail_after(30):
         async with open_scheduler(store, grouped, retry=QUICK, clock=clock):
             await handler_done.wait()
-    job = store.get_job("grouped")
+    job = await store.get_job("grouped")
     assert (job.status, job.attempts) == (JobStatus.COMPLETED, 2)
     assert handler.seen[1].last_error is not None
     assert "ExceptionGroup" in handler.seen[1].last_error
@@ -320,7 +320,7 @@ async def test_a_store_that_does_not_count_attempts_does_not_crash_the_scheduler
     with anyio.fail_after(30):
         async with open_scheduler(store, handler, clock=clock):
             await handler.done.wait()
-    assert store.get_job("uncounted").status is JobStatus.COMPLETED
+    assert (await store.get_job("uncounted")).status is JobStatus.COMPLETED
 
 
 async def test_a_retry_delay_past_the_end_of_time_parks_the_job(clock: Clock) -> None:

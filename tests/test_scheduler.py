@@ -87,7 +87,7 @@ async def test_a_failing_handler_marks_its_job_failed_and_the_scheduler_goes_on(
     assert set(failed) == {"job-00000", "job-00003", "job-00006", "job-00009"}
     assert failed["job-00003"].last_error == "ValueError: boom job-00003"
     assert failed["job-00003"].processed_at is not None
-    assert store.count(JobStatus.COMPLETED) == 6
+    assert await store.count(JobStatus.COMPLETED) == 6
     errors = [r for r in caplog.records if r.levelno == logging.ERROR and "job-00003 failed" in r.getMessage()]
     assert len(errors) == 1
     assert errors[0].exc_info is not None
@@ -131,7 +131,7 @@ async def test_fetching_follows_demand_and_never_polls_while_the_stream_is_full(
             assert store.calls["fetch_pending_jobs"] == fetches
             handler.gate.set()
             await handler.wait_finished(100)
-    assert store.inner.count(JobStatus.COMPLETED) == 100
+    assert await store.inner.count(JobStatus.COMPLETED) == 100
 
 
 async def test_a_flaky_store_loses_nothing_and_runs_nothing_twice(
@@ -145,7 +145,7 @@ async def test_a_flaky_store_loses_nothing_and_runs_nothing_twice(
             for n in range(200, 220):
                 await scheduler.add_job(Job.create(n, process_after=clock(), id=f"job-{n:05d}"))
             await handler.wait_finished(220)
-    assert store.inner.count(JobStatus.COMPLETED) == 220
+    assert await store.inner.count(JobStatus.COMPLETED) == 220
     assert set(handler.runs.values()) == {1}
     assert all(store.failures[op] > 0 for op in ("fetch_pending_jobs", "update_job", "add_job"))
     retries = [r.getMessage() for r in caplog.records if r.name == "anysched" and "retrying" in r.getMessage()]
@@ -185,8 +185,8 @@ async def test_a_long_job_keeps_its_lease_and_runs_once(clock: Clock) -> None:
             async with open_scheduler(store, other_handler, **options):  # type: ignore[arg-type]
                 await long_job_done.wait()  # the second scheduler polled all along
     assert runs == ["first"]
-    assert store.get_job(job.id).status is JobStatus.COMPLETED
-    assert store.get_job(job.id).attempts == 1
+    assert (await store.get_job(job.id)).status is JobStatus.COMPLETED
+    assert (await store.get_job(job.id)).attempts == 1
 
 
 async def test_a_job_whose_worker_died_runs_again_after_its_lease_expires(clock: Clock) -> None:
@@ -201,7 +201,7 @@ async def test_a_job_whose_worker_died_runs_again_after_its_lease_expires(clock:
     assert anyio.current_time() - start >= 0.499
     assert handler.started[0].attempts == 2
     assert handler.started[0].lease != dead.lease
-    assert store.get_job(job.id).status is JobStatus.COMPLETED
+    assert (await store.get_job(job.id)).status is JobStatus.COMPLETED
 
 
 async def test_a_handler_whose_lease_is_lost_is_cancelled(clock: Clock, caplog: pytest.LogCaptureFixture) -> None:
@@ -221,12 +221,12 @@ async def test_a_handler_whose_lease_is_lost_is_cancelled(clock: Clock, caplog: 
         async with open_scheduler(store, handler, visibility_timeout=0.3, store_backoff=FAST_RETRY, clock=clock):
             await started.wait()
             # someone else takes the job over (as if our lease had expired unseen)
-            stolen = store.get_job(job.id)
+            stolen = await store.get_job(job.id)
             await store.update_job(replace(stolen, visible_after=None))
             [thief] = await store.fetch_pending_jobs(clock(), 1, timedelta(seconds=60))
             await cancelled.wait()
-    assert store.get_job(job.id).lease == thief.lease  # our scheduler wrote nothing after losing it
-    assert store.get_job(job.id).status is JobStatus.PENDING
+    assert (await store.get_job(job.id)).lease == thief.lease  # our scheduler wrote nothing after losing it
+    assert (await store.get_job(job.id)).status is JobStatus.PENDING
     assert any("lease was lost" in r.getMessage() for r in caplog.records)
 
 
@@ -246,7 +246,7 @@ async def test_a_renewal_stuck_when_its_handler_returns_does_not_cost_the_outcom
     with anyio.fail_after(30):
         async with open_scheduler(store, handler, **options):  # type: ignore[arg-type]
             await returned.wait()
-    assert store.inner.get_job(job.id).status is JobStatus.COMPLETED
+    assert (await store.inner.get_job(job.id)).status is JobStatus.COMPLETED
     assert store.calls["update_job"] == 2  # the stuck renewal, then the outcome
 
 
@@ -271,7 +271,7 @@ async def test_a_handler_that_ends_on_its_own_past_an_unanswered_renewal_has_its
     with anyio.fail_after(30):
         async with open_scheduler(store, handler, **options):  # type: ignore[arg-type]
             await returned.wait()
-    stored = store.inner.get_job(job.id)
+    stored = await store.inner.get_job(job.id)
     assert (stored.status, stored.attempts) == (JobStatus.COMPLETED, 1)  # recorded, never claimed again
 
 
@@ -319,7 +319,7 @@ async def test_two_schedulers_on_one_store_run_each_job_once(clock: Clock) -> No
     assert len(handler.runs) == 300
     assert first
     assert second
-    assert store.count(JobStatus.COMPLETED) == 300
+    assert await store.count(JobStatus.COMPLETED) == 300
 
 
 async def test_a_never_awaiting_handler_lets_other_tasks_run(clock: Clock) -> None:
@@ -355,7 +355,7 @@ async def test_embedding_with_task_group_start(clock: Clock) -> None:
             await handler.wait_finished(5)
             scheduler.shutdown()
         await scheduler.wait_stopped()
-    assert store.count(JobStatus.COMPLETED) == 5
+    assert await store.count(JobStatus.COMPLETED) == 5
 
 
 async def test_a_scheduler_runs_once(clock: Clock) -> None:

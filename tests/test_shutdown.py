@@ -44,8 +44,8 @@ async def test_graceful_shutdown_finishes_running_jobs_and_hands_back_buffered_o
             assert handler.running == 2  # shutdown waits for running handlers
             handler.gate.set()
     assert handler.finished == 2
-    assert store.count(JobStatus.COMPLETED) == 2
-    assert store.count(JobStatus.PENDING) == 8
+    assert await store.count(JobStatus.COMPLETED) == 2
+    assert await store.count(JobStatus.PENDING) == 8
     assert settled(store)
     assert all(job.attempts == 0 for job in store.jobs() if job.status is JobStatus.PENDING)
 
@@ -65,7 +65,7 @@ async def test_leaving_the_block_waits_for_running_handlers(clock: Clock) -> Non
             tg.start_soon(open_later)
             async with open_scheduler(store, handler, workers=3, clock=clock):
                 await handler.wait_running(3)
-    assert store.count(JobStatus.COMPLETED) == 3
+    assert await store.count(JobStatus.COMPLETED) == 3
 
 
 async def test_cancellation_from_outside_hands_back_running_and_buffered_jobs(clock: Clock) -> None:
@@ -79,7 +79,7 @@ async def test_cancellation_from_outside_hands_back_running_and_buffered_jobs(cl
                 await handler.wait_running(3)
                 scope.cancel()
     assert scope.cancelled_caught
-    assert store.count(JobStatus.PENDING) == 10
+    assert await store.count(JobStatus.PENDING) == 10
     assert settled(store)
     # interrupted jobs did not fail: like unstarted ones, they get their attempt back
     assert all(job.attempts == 0 for job in store.jobs())
@@ -94,7 +94,7 @@ async def test_shutdown_with_cancel_running(clock: Clock) -> None:
         async with open_scheduler(store, handler, workers=2, clock=clock) as scheduler:
             await handler.wait_running(2)
             scheduler.shutdown(cancel_running=True)
-    assert store.count(JobStatus.PENDING) == 4
+    assert await store.count(JobStatus.PENDING) == 4
     assert settled(store)
 
 
@@ -109,7 +109,7 @@ async def test_an_error_in_the_block_cancels_the_handlers_and_hands_jobs_back(cl
             raise KeyError("the program failed")
     assert raised.value.args == ("the program failed",)
     assert settled(store)
-    assert store.count(JobStatus.PENDING) == 4
+    assert await store.count(JobStatus.PENDING) == 4
 
 
 async def test_an_error_of_the_block_can_be_caught_as_itself(clock: Clock) -> None:
@@ -177,8 +177,8 @@ async def test_first_signal_shuts_down_gracefully(clock: Clock) -> None:
             os.kill(os.getpid(), signal.SIGUSR1)
             await first_shutdown.wait()
             handler.gate.set()
-    assert store.count(JobStatus.COMPLETED) == 1
-    assert store.count(JobStatus.PENDING) == 2
+    assert await store.count(JobStatus.COMPLETED) == 1
+    assert await store.count(JobStatus.PENDING) == 2
     assert settled(store)
 
 
@@ -198,5 +198,5 @@ async def test_second_signal_cancels_running_jobs(clock: Clock) -> None:
             await first_shutdown.wait()  # trio folds a signal sent twice before it is read
             os.kill(os.getpid(), signal.SIGUSR1)
             await second_shutdown.wait()
-    assert store.count(JobStatus.PENDING) == 3
+    assert await store.count(JobStatus.PENDING) == 3
     assert settled(store)

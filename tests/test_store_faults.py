@@ -21,7 +21,7 @@ import anyio.lowlevel
 import pytest
 
 from anysched import DuplicateJobError, Job, JobStatus, LeaseLostError, MemoryStore, TransientStoreError, open_scheduler
-from support import FAST_RETRY, Recorder, add_jobs, until
+from support import FAST_RETRY, Recorder, add_jobs, peek, until
 
 pytestmark = pytest.mark.anyio
 
@@ -82,8 +82,21 @@ class FaultyStore(Generic[T]):
         else:
             self.landed.append("applied")
 
+    # inspection (anysched.InspectsJobs), straight through: the scheduler reads a job back with it
+
     async def get_job(self, job_id: str) -> Job[T]:
-        return self.inner.get_job(job_id)
+        return await self.inner.get_job(job_id)
+
+    async def count(self, status: JobStatus | None = None) -> int:
+        return await self.inner.count(status)
+
+    async def list_jobs(
+        self, status: JobStatus | None = None, *, limit: int = 100, after: str | None = None
+    ) -> list[Job[T]]:
+        return await self.inner.list_jobs(status, limit=limit, after=after)
+
+    async def purge(self, *, completed_before: datetime) -> int:
+        return await self.inner.purge(completed_before=completed_before)
 
     async def add_job(self, job: Job[T]) -> None:
         await self._enter("add_job")
@@ -110,12 +123,12 @@ async def test_a_renewal_that_lands_after_the_outcome_is_refused(clock: Clock) -
                 store.late_renewals = None
                 handler.gate.set()
                 await handler.wait_finished(1)
-                await until(lambda: store.inner.get_job(job.id).status is not JobStatus.PENDING)
+                await until(lambda: peek(store.inner, job.id).status is not JobStatus.PENDING)
                 store.land.set()  # now the abandoned renewal lands
                 await until(lambda: not (len(store.landed) < 1))
                 await anyio.sleep(0.2)  # a fetch or two: nothing may claim the job again
     assert store.landed[0] == "refused"
-    assert store.inner.get_job(job.id).status is JobStatus.COMPLETED
+    assert (await store.inner.get_job(job.id)).status is JobStatus.COMPLETED
     assert handler.runs[job.id] == 1
 
 
@@ -253,7 +266,7 @@ async def test_no_outcome_is_attempted_after_the_store_refused_a_renewal(clock: 
             await until(lambda: not (scheduler.statistics().running))
     assert store.updates  # the refused renewal
     assert all(update.status is JobStatus.PENDING and update.visible_after is not None for update in store.updates)
-    assert store.inner.get_job(job.id).status is JobStatus.PENDING
+    assert (await store.inner.get_job(job.id)).status is JobStatus.PENDING
 
 
 async def test_a_job_whose_lease_is_lost_in_the_buffer_is_counted_once(clock: Clock) -> None:
@@ -268,7 +281,7 @@ async def test_a_job_whose_lease_is_lost_in_the_buffer_is_counted_once(clock: Cl
         ) as scheduler:
             await handler.wait_running(1)
             assert scheduler.statistics().held == 2
-            waiting = store.inner.get_job(jobs[1].id)
+            waiting = await store.inner.get_job(jobs[1].id)
             stolen = replace(waiting, visible_after=clock() + timedelta(hours=1), lease="thief")
             store.inner._jobs[waiting.id] = stolen  # another process claimed it meanwhile
             await anyio.sleep(0.2)  # over a third of its lease waited in the buffer

@@ -79,7 +79,7 @@ async def main(jobs: int, workers: int, seed: int) -> None:
         tg.start_soon(shutdown_when_all_done)
         await scheduler.wait_stopped()  # all done, or Ctrl+C
         tg.cancel_scope.cancel()
-    counts = {status.value: store.count(status) for status in JobStatus}
+    counts = {status.value: await store.count(status) for status in JobStatus}
     print(f"done: {counts}")
     for job in store.jobs():
         if job.status is JobStatus.FAILED:

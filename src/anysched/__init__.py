@@ -20,6 +20,7 @@ from ._exceptions import LeaseLostError as LeaseLostError
 from ._exceptions import PayloadError as PayloadError
 from ._exceptions import RetryJob as RetryJob
 from ._exceptions import TransientStoreError as TransientStoreError
+from ._exceptions import UndecodableDocumentError as UndecodableDocumentError
 from ._executor import Handler as Handler
 from ._job import Job as Job
 from ._job import JobStatus as JobStatus
@@ -30,6 +31,7 @@ from ._scheduler import Scheduler as Scheduler
 from ._scheduler import SchedulerStatistics as SchedulerStatistics
 from ._scheduler import open_scheduler as open_scheduler
 from ._signals import shutdown_on_signals as shutdown_on_signals
+from ._store import InspectsJobs as InspectsJobs
 from ._store import JobStore as JobStore
 from ._store import KnowsNextDueTime as KnowsNextDueTime
 from .stores.memory import MemoryStore as MemoryStore
@@ -41,6 +43,7 @@ __all__ = (
     "DuplicateJobError",
     "FailJob",
     "Handler",
+    "InspectsJobs",
     "Job",
     "JobNotFoundError",
     "JobStatus",
@@ -55,6 +58,7 @@ __all__ = (
     "Scheduler",
     "SchedulerStatistics",
     "TransientStoreError",
+    "UndecodableDocumentError",
     "open_scheduler",
     "shutdown_on_signals",
 )

@@ -7,15 +7,14 @@ caller's own insert. A retry that finds a job with the same id and the same cont
 
 from __future__ import annotations
 
-import inspect
 import logging
 from datetime import timedelta
-from typing import Any, TypeVar, cast
+from typing import TypeVar, cast
 
 from ._exceptions import DuplicateJobError
 from ._job import Job
 from ._retry import Backoff, CountedCall, call_store
-from ._store import JobStore
+from ._store import InspectsJobs, JobStore
 
 T = TypeVar("T")
 
@@ -44,20 +43,19 @@ async def _holds_same_job(store: JobStore[T], job: Job[T]) -> bool:
     """Whether the store's job with ``job.id`` is ``job``, as the store keeps it.
 
     Same payload, limits and due time; a job already claimed since may have a later due time
-    (a retry). A store without ``get_job`` cannot tell: the duplicate stands.
+    (a retry). A store that does not implement :class:`~anysched.InspectsJobs` cannot tell:
+    the duplicate stands.
     """
-    get_job = getattr(store, "get_job", None)
-    if get_job is None:
+    if not isinstance(store, InspectsJobs):
         return False
+    inspects = cast("InspectsJobs[T]", store)
     try:
-        found: Any = get_job(job.id)
-        stored: object = await found if inspect.isawaitable(found) else found
+        stored = await inspects.get_job(job.id)
     except Exception as error:  # it exists, but cannot be read back now: the duplicate stands
         logger.warning("job %s: could not read it back to tell a lost reply from a duplicate: %r", job.id, error)
         return False
-    if not isinstance(stored, Job):
+    if not isinstance(cast("object", stored), Job):  # a misbehaving store's answer: the duplicate stands
         return False
-    stored = cast("Job[T]", stored)
     same_due = abs(stored.process_after - job.process_after) <= _ROUNDING or stored.attempts > 0
     return (
         stored.payload == job.payload

@@ -79,11 +79,17 @@ class UndecodableDocumentError(AnyschedError, ValueError):
     ``last_error``.
     """
 
-    def __init__(self, field: str, error: Exception) -> None:
-        kind = type(error).__name__
-        why = f"{kind}: {error}" if isinstance(error, PayloadError) else kind
-        super().__init__(f"stored field {field!r} cannot be decoded ({why})")
+    def __init__(self, field: str, error: Exception | str) -> None:
+        if isinstance(error, Exception):
+            kind = type(error).__name__
+            error = f"{kind}: {error}" if isinstance(error, PayloadError) else kind
+        super().__init__(f"stored field {field!r} cannot be decoded ({error})")
         self.field = field
+        self.why = error
+        """The error's type, and a :class:`PayloadError`'s message."""
+
+    def __reduce__(self) -> tuple[type[AnyschedError], tuple[str, str]]:
+        return type(self), (self.field, self.why)
 
 
 class RetryJob(AnyschedError):

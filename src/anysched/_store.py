@@ -1,11 +1,17 @@
-"""The store contract: three async methods, structural, so a custom store inherits nothing."""
+"""The store contract: three async methods, structural, so a custom store inherits nothing.
+
+Also the optional capabilities (each its own small protocol) and the rules every store
+applies the same way: argument checks, which error a refused update raises, and what a
+job whose stored form cannot be decoded records as its ``last_error``.
+"""
 
 from __future__ import annotations
 
 from datetime import datetime, timedelta
 from typing import Protocol, TypeVar, runtime_checkable
 
-from ._job import Job
+from ._exceptions import JobNotFoundError, LeaseLostError, UndecodableDocumentError
+from ._job import Job, JobStatus
 
 T = TypeVar("T")
 
@@ -64,6 +70,46 @@ class KnowsNextDueTime(Protocol):
         ...
 
 
+@runtime_checkable
+class InspectsJobs(Protocol[T]):
+    """Optional: a store whose jobs can be read, counted, listed and purged, for tools and tests.
+
+    Every anysched store implements it; the scheduler never needs it (it uses ``get_job``,
+    when present, only to tell a lost ``add_job`` reply from a duplicate).
+    :class:`anysched.testing.StoreContract` checks it on every store that has it.
+    """
+
+    async def get_job(self, job_id: str) -> Job[T]:
+        """The stored job with this id.
+
+        :raises JobNotFoundError: no job has this id
+        """
+        ...
+
+    async def count(self, status: JobStatus | None = None) -> int:
+        """How many jobs have ``status`` (every job when ``None``)."""
+        ...
+
+    async def list_jobs(
+        self, status: JobStatus | None = None, *, limit: int = 100, after: str | None = None
+    ) -> list[Job[T]]:
+        """Up to ``limit`` jobs with ``status`` (every job when ``None``), by id, after id ``after``.
+
+        Page through all of them by passing the last id of one page as ``after`` of the
+        next; a job that exists throughout appears on exactly one page.
+
+        :raises ValueError: ``limit`` is not an int >= 1
+        """
+        ...
+
+    async def purge(self, *, completed_before: datetime) -> int:
+        """Delete completed jobs processed before ``completed_before``; return how many.
+
+        Pending and failed jobs are never purged.
+        """
+        ...
+
+
 def check_claim_arguments(limit: int, visibility_timeout: timedelta) -> None:
     """What every store checks before a claim: a ``ValueError`` naming the bad argument."""
     if type(limit) is not int or limit < 0:
@@ -77,3 +123,25 @@ def check_job(job: Job[T]) -> Job[T]:
     if not isinstance(job, Job):  # pyright: ignore[reportUnnecessaryIsInstance]
         raise TypeError(f"job must be an anysched.Job, not {type(job).__name__}")
     return job
+
+
+def check_list_arguments(status: JobStatus | None, limit: int, after: str | None) -> JobStatus | None:
+    """What every store checks before :meth:`InspectsJobs.list_jobs`: the status, as a :class:`JobStatus`."""
+    if type(limit) is not int or limit < 1:
+        raise ValueError(f"limit must be an int >= 1, got {limit!r}")
+    if after is not None and not isinstance(after, str):  # pyright: ignore[reportUnnecessaryIsInstance]
+        raise TypeError(f"after must be a job id (a str) or None, not {type(after).__name__}")
+    return None if status is None else JobStatus(status)
+
+
+def update_refused(job_id: str, *, exists: bool) -> LeaseLostError | JobNotFoundError:
+    """The error for an update a store did not apply: the lease is not held, or there is no such job.
+
+    Raise it: ``raise update_refused(job.id, exists=...)``.
+    """
+    return LeaseLostError(job_id) if exists else JobNotFoundError(job_id)
+
+
+def undecodable_last_error(error: UndecodableDocumentError) -> str:
+    """The ``last_error`` a store records when it marks an undecodable job failed."""
+    return f"{type(error).__name__}: {error}"

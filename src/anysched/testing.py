@@ -2,7 +2,9 @@
 
 Subclass :class:`StoreContract` in a test module and give it a ``store`` fixture that
 returns an empty store for :class:`Payload` jobs; every test then runs against it on
-asyncio and trio (override ``anyio_backend`` for a store bound to one backend)::
+asyncio and trio (override ``anyio_backend`` for a store bound to one backend). The
+``test_inspection_*`` tests check :class:`~anysched.InspectsJobs` on a store that implements
+it, and are skipped on one that does not::
 
     import pytest
     from anysched.testing import Payload, StoreContract
@@ -21,7 +23,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import anyio
 import anyio.lowlevel
@@ -29,7 +31,7 @@ import pytest
 
 from ._exceptions import DuplicateJobError, JobNotFoundError, LeaseLostError
 from ._job import Job, JobStatus
-from ._store import JobStore
+from ._store import InspectsJobs, JobStore
 
 __all__ = ("Payload", "StoreContract")
 
@@ -56,6 +58,13 @@ def _job(n: int, *, due: datetime = _T0, job_id: str | None = None) -> Job[Paylo
 def _at(seconds: float) -> datetime:
     """``_T0`` plus ``seconds``."""
     return _T0 + timedelta(seconds=seconds)
+
+
+def _inspects(store: JobStore[Payload]) -> InspectsJobs[Payload]:
+    """``store`` as an :class:`~anysched.InspectsJobs`; the test is skipped if it is not one."""
+    if not isinstance(store, InspectsJobs):
+        pytest.skip(f"{type(store).__name__} does not implement anysched.InspectsJobs (optional)")
+    return cast("InspectsJobs[Payload]", store)
 
 
 def _close_to(actual: datetime | None, expected: datetime) -> bool:
@@ -248,6 +257,93 @@ class StoreContract:
         with pytest.raises(LeaseLostError):
             await store.update_job(_outcome(leased, "completed"))  # a second outcome, same token
         await self._check_outcome_kept(store, leased, outcome)
+
+    # -- inspection (optional: anysched.InspectsJobs) ---------------------------------------
+
+    async def test_inspection_get_job(self, store: JobStore[Payload]) -> None:
+        inspect = _inspects(store)
+        added = Job.create(Payload(1, note="one", tags=("a",)), process_after=_T0, id="one", max_attempts=4)
+        await store.add_job(added)
+        found = await inspect.get_job("one")
+        assert (found.id, found.payload, found.status, found.attempts) == ("one", added.payload, JobStatus.PENDING, 0)
+        assert (found.max_attempts, found.visible_after, found.lease) == (4, None, None)
+        assert _close_to(found.process_after, _T0)
+        [leased] = await store.fetch_pending_jobs(_T0, 10, _VT)
+        await store.update_job(_outcome(leased, "failed"))
+        failed = await inspect.get_job("one")
+        assert (failed.status, failed.attempts, failed.last_error, failed.lease) == (
+            JobStatus.FAILED,
+            1,
+            "boom",
+            leased.lease,
+        )
+        assert _close_to(failed.processed_at, _at(1))
+        with pytest.raises(JobNotFoundError):
+            await inspect.get_job("unknown")
+
+    async def test_inspection_count_per_status(self, store: JobStore[Payload]) -> None:
+        inspect = _inspects(store)
+        assert [await inspect.count(status) for status in (None, *JobStatus)] == [0, 0, 0, 0]
+        for n in range(6):
+            await store.add_job(_job(n, due=_at(n)))
+        first, second, third, _ = await store.fetch_pending_jobs(_at(10), 4, _VT)
+        await store.update_job(_outcome(first, "completed"))
+        await store.update_job(_outcome(second, "failed"))
+        await store.update_job(_outcome(third, "retry"))  # pending again, as is the fourth (leased)
+        counts = [await inspect.count(status) for status in (None, *JobStatus)]
+        assert counts == [6, 4, 1, 1], "count(): all, pending, completed, failed"
+
+    async def test_inspection_list_jobs_pages_by_id(self, store: JobStore[Payload]) -> None:
+        inspect = _inspects(store)
+        ids = [f"job-{n:02d}" for n in range(23)]
+        for n, job_id in random.Random(7).sample(list(enumerate(ids)), len(ids)):
+            await store.add_job(_job(n, job_id=job_id))
+        pages: list[list[str]] = []
+        after: str | None = None
+        while page := await inspect.list_jobs(limit=5, after=after):
+            pages.append([job.id for job in page])
+            after = page[-1].id
+        assert [len(page) for page in pages] == [5, 5, 5, 5, 3]
+        assert [job_id for page in pages for job_id in page] == ids, "every job once, by id"
+        assert (await inspect.list_jobs(limit=2))[1].payload == Payload(1, note="job 1", tags=("a", "1"))
+        claimed = await store.fetch_pending_jobs(_T0, 3, _VT)
+        for job in claimed:
+            await store.update_job(_outcome(job, "completed"))
+        done = sorted(job.id for job in claimed)
+        assert [job.id for job in await inspect.list_jobs(JobStatus.COMPLETED)] == done
+        assert [job.id for job in await inspect.list_jobs(JobStatus.COMPLETED, after=done[0])] == done[1:]
+        assert len(await inspect.list_jobs(JobStatus.PENDING, limit=100)) == 20
+        assert await inspect.list_jobs(JobStatus.FAILED) == []
+        assert await inspect.list_jobs(after=ids[-1]) == []
+        with pytest.raises(ValueError, match="limit"):
+            await inspect.list_jobs(limit=0)
+
+    async def test_inspection_purge_deletes_only_completed_jobs_before_the_cutoff(
+        self, store: JobStore[Payload]
+    ) -> None:
+        inspect = _inspects(store)
+        for n in range(5):
+            await store.add_job(_job(n, job_id=f"job-{n}", due=_at(n)))
+        outcomes = {
+            "job-0": (JobStatus.COMPLETED, 1),
+            "job-1": (JobStatus.COMPLETED, 5),
+            "job-2": (JobStatus.COMPLETED, 9),
+            "job-3": (JobStatus.FAILED, 1),
+        }
+        for job in await store.fetch_pending_jobs(_at(10), 4, _VT):
+            status, at = outcomes[job.id]
+            await store.update_job(replace(job, status=status, processed_at=_at(at), visible_after=None))
+        # job-4 stays pending; the cutoff is exclusive: job-1, completed at exactly 5 s, stays
+        assert await inspect.purge(completed_before=_at(5)) == 1
+        assert [job.id for job in await inspect.list_jobs()] == ["job-1", "job-2", "job-3", "job-4"]
+        assert await inspect.purge(completed_before=_at(5)) == 0
+        assert await inspect.purge(completed_before=_at(3600)) == 2
+        assert [(job.id, job.status) for job in await inspect.list_jobs()] == [
+            ("job-3", JobStatus.FAILED),
+            ("job-4", JobStatus.PENDING),
+        ]
+        with pytest.raises(ValueError, match="completed_before"):
+            await inspect.purge(completed_before=_at(3600).replace(tzinfo=None))
 
     async def _check_outcome_kept(self, store: JobStore[Payload], leased: Job[Payload], outcome: str) -> None:
         """The job is claimable again as ``outcome`` left it: never, at once, or after its retry delay."""

@@ -8,6 +8,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from anysched import Job, JobStatus, MemoryStore
+from support import peek as peek
+from support import tally as tally
 from support import until as until  # one polling helper for every test
 
 Hook = Callable[[str, int, tuple[Any, ...]], Awaitable[None]]
@@ -64,8 +66,21 @@ class ScriptedStore:
         await self._hook(self.before, "next_due_time", ())
         return await self.inner.next_due_time()
 
-    def get_job(self, job_id: str) -> Job[Any]:
-        return self.inner.get_job(job_id)
+    # inspection (anysched.InspectsJobs), straight through: the scheduler reads a job back with it
+
+    async def get_job(self, job_id: str) -> Job[Any]:
+        return await self.inner.get_job(job_id)
+
+    async def count(self, status: JobStatus | None = None) -> int:
+        return await self.inner.count(status)
+
+    async def list_jobs(
+        self, status: JobStatus | None = None, *, limit: int = 100, after: str | None = None
+    ) -> list[Job[Any]]:
+        return await self.inner.list_jobs(status, limit=limit, after=after)
+
+    async def purge(self, *, completed_before: datetime) -> int:
+        return await self.inner.purge(completed_before=completed_before)
 
 
 def settled(store: MemoryStore[Any]) -> bool:

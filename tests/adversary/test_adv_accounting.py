@@ -9,7 +9,7 @@ from datetime import datetime
 
 import anyio
 import pytest
-from adv_support import ScriptedStore, settled, until
+from adv_support import ScriptedStore, settled, tally, until
 
 from anysched import Job, JobStatus, MemoryStore, Scheduler, open_scheduler
 
@@ -38,7 +38,7 @@ async def test_held_returns_to_zero_after_graceful_stop_with_buffered_jobs(clock
             gate.set()
         await scheduler.wait_stopped()
     assert settled(store)
-    assert store.count(JobStatus.COMPLETED) == 1
+    assert await store.count(JobStatus.COMPLETED) == 1
     assert scheduler.statistics() == type(scheduler.statistics())(0, 0, 0, 0)
 
 
@@ -78,7 +78,7 @@ async def test_duplicates_in_one_claim_do_not_run_twice(clock: Clock) -> None:
         async with open_scheduler(store, handler, workers=2, clock=clock, fetch_interval=0.05) as scheduler:
             await done.wait()
             await until(lambda: scheduler.statistics().held == 0)
-    assert store.get_job("dup").status is JobStatus.COMPLETED
+    assert (await store.get_job("dup")).status is JobStatus.COMPLETED
     assert runs["dup"] == 1
 
 
@@ -102,7 +102,7 @@ async def test_more_jobs_than_asked_are_handed_back_and_none_lost(clock: Clock) 
 
     with anyio.fail_after(20):
         async with open_scheduler(store, handler, workers=1, buffer_size=1, clock=clock, fetch_interval=0.05) as s:
-            await until(lambda: inner.count(JobStatus.COMPLETED) == 8)
+            await until(lambda: tally(inner, JobStatus.COMPLETED) == 8)
             await until(lambda: s.statistics().held == 0)
             assert s.statistics().held <= 2
     assert set(runs.values()) == {1}
@@ -132,7 +132,7 @@ async def test_claims_never_exceed_the_room(clock: Clock) -> None:
     with anyio.fail_after(20):
         async with anyio.create_task_group() as tg:
             await tg.start(scheduler.run)
-            await until(lambda: store.inner.count(JobStatus.PENDING) == 0)
+            await until(lambda: tally(store.inner, JobStatus.PENDING) == 0)
             scheduler.shutdown()
     assert not over
     assert scheduler.statistics() == type(scheduler.statistics())(0, 0, 0, 0)
@@ -152,6 +152,6 @@ async def test_claimed_jobs_without_visible_after_still_run_once_and_settle(cloc
 
     with anyio.fail_after(20):
         async with open_scheduler(store, handler, workers=3, clock=clock, visibility_timeout=1.5, fetch_interval=0.05):
-            await until(lambda: store.inner.count(JobStatus.COMPLETED) == 3)
+            await until(lambda: tally(store.inner, JobStatus.COMPLETED) == 3)
     assert set(runs.values()) == {1}
     assert settled(store.inner)

@@ -8,7 +8,7 @@ from datetime import datetime, timedelta, timezone
 
 import anyio
 import pytest
-from adv_support import settled, until
+from adv_support import peek, settled, tally, until
 
 from anysched import Job, JobStatus, MemoryStore, open_scheduler
 from conftest import EPOCH
@@ -50,11 +50,11 @@ async def test_forward_step_while_a_handler_runs_does_not_run_it_twice() -> None
             await started.wait()
             clock.offset = timedelta(hours=3)  # NTP steps the clock forward
             await s.add_job(Job.create("nudge", id="nudge", process_after=clock()))  # wakes the fetcher
-            await until(lambda: store.get_job("nudge").status is JobStatus.COMPLETED)
+            await until(lambda: peek(store, "nudge").status is JobStatus.COMPLETED)
             await anyio.sleep(0.5)  # a few lease-keeper rounds, fetches
             release.set()
     assert runs["long"] == 1
-    assert store.get_job("long").status is JobStatus.COMPLETED
+    assert (await store.get_job("long")).status is JobStatus.COMPLETED
 
 
 async def test_backward_step_while_handlers_run_keeps_leases_and_finishes() -> None:
@@ -75,7 +75,7 @@ async def test_backward_step_while_handlers_run_keeps_leases_and_finishes() -> N
         async with open_scheduler(store, handler, workers=3, clock=clock, visibility_timeout=0.6, fetch_interval=0.05):
             await started.wait()
             clock.offset = -timedelta(hours=5)
-            await until(lambda: store.count(JobStatus.COMPLETED) == 3)
+            await until(lambda: tally(store, JobStatus.COMPLETED) == 3)
     assert set(runs.values()) == {1}
     assert settled(store)
 
@@ -90,8 +90,8 @@ async def test_non_utc_clock_is_converted() -> None:
 
     with anyio.fail_after(10):
         async with open_scheduler(store, handler, clock=clock, fetch_interval=0.05):
-            await until(lambda: store.get_job("a").status is JobStatus.COMPLETED)
-    job = store.get_job("a")
+            await until(lambda: peek(store, "a").status is JobStatus.COMPLETED)
+    job = await store.get_job("a")
     assert job.processed_at is not None
     assert job.processed_at.tzinfo is timezone.utc
 

@@ -11,7 +11,7 @@ from datetime import datetime
 import anyio
 import anyio.lowlevel
 import pytest
-from adv_support import settled, until
+from adv_support import peek, settled, until
 
 from anysched import Job, JobStatus, MemoryStore, Scheduler, open_scheduler
 
@@ -33,7 +33,7 @@ async def run_all(
     with anyio.fail_after(20):
         async with anyio.create_task_group() as tg:
             await tg.start(scheduler.run)
-            await until(lambda: all(store.get_job(i).status is not JobStatus.PENDING for i in ids))
+            await until(lambda: all(peek(store, i).status is not JobStatus.PENDING for i in ids))
             scheduler.shutdown()
     return scheduler
 
@@ -60,7 +60,7 @@ async def test_a_cancellation_captured_in_one_job_raised_in_later_jobs(clock: Cl
 
     ids = [f"bad{n}" for n in range(3)] + ["good"]
     scheduler = await run_all(store, handler, clock, ids, workers=1)
-    assert [store.get_job(i).status for i in ids] == [JobStatus.FAILED] * 3 + [JobStatus.COMPLETED]
+    assert [(await store.get_job(i)).status for i in ids] == [JobStatus.FAILED] * 3 + [JobStatus.COMPLETED]
     assert settled(store)
     assert scheduler.statistics().held == 0
 
@@ -73,7 +73,7 @@ async def test_nested_groups_with_a_cancellation_deep_inside_are_failures(clock:
         raise BaseExceptionGroup("outer", [BaseExceptionGroup("inner", [cancel, ValueError("x")]), KeyError("k")])
 
     await run_all(store, handler, clock, ["g"], workers=1)
-    assert store.get_job("g").status is JobStatus.FAILED
+    assert (await store.get_job("g")).status is JobStatus.FAILED
 
 
 @pytest.mark.parametrize("kind", [KeyboardInterrupt, SystemExit])
@@ -114,7 +114,7 @@ async def test_an_error_raised_while_timing_out_is_a_timeout(clock: Clock) -> No
 
     await run_all(store, handler, clock, ["t", "u"], workers=1, job_timeout=0.05)
     for job_id in ("t", "u"):
-        job = store.get_job(job_id)
+        job = await store.get_job(job_id)
         assert job.status is JobStatus.FAILED
         assert job.last_error is not None
         assert "JobTimeoutError" in job.last_error
@@ -197,7 +197,7 @@ async def stops_silently(scheduler: Scheduler[str], store: MemoryStore[str], job
         async with anyio.create_task_group() as tg:
             tg.start_soon(run)
             with anyio.move_on_after(3) as stall:
-                await until(lambda: returned.is_set() or store.get_job(job_id).status is not JobStatus.PENDING)
+                await until(lambda: returned.is_set() or peek(store, job_id).status is not JobStatus.PENDING)
             silent = returned.is_set() or stall.cancelled_caught
             scheduler.shutdown()
     return silent
@@ -248,5 +248,5 @@ async def test_asyncio_a_leaked_cancel_request_does_not_turn_later_failures_into
         await store.add_job(Job.create(job_id, id=job_id, process_after=clock()))
     scheduler = Scheduler(store, handler, workers=1, clock=clock, fetch_interval=0.05)
     assert not await stops_silently(scheduler, store, "fails")
-    assert store.get_job("leak").status is JobStatus.COMPLETED
-    assert store.get_job("fails").status is JobStatus.FAILED
+    assert (await store.get_job("leak")).status is JobStatus.COMPLETED
+    assert (await store.get_job("fails")).status is JobStatus.FAILED

@@ -9,7 +9,7 @@ from typing import Any
 
 import anyio
 import pytest
-from adv_support import ScriptedStore, leased, settled, until
+from adv_support import ScriptedStore, leased, peek, settled, tally, until
 
 from anysched import Backoff, Job, JobStatus, Scheduler, TransientStoreError, open_scheduler
 
@@ -70,7 +70,7 @@ async def test_graceful_shutdown_bounded_while_a_buffered_jobs_renewal_hangs(fai
         scheduler.shutdown()
         with anyio.fail_after(3):  # shutdown_timeout 0.5 and no handler running
             await scheduler.wait_stopped()
-    assert store.get_job("A").status is JobStatus.COMPLETED
+    assert (await store.get_job("A")).status is JobStatus.COMPLETED
 
 
 @pytest.mark.parametrize("failure", ["hang", "transient"])
@@ -153,7 +153,7 @@ async def test_shutdown_before_run_starts_nothing(clock: Clock) -> None:
         await scheduler.run()
         await scheduler.wait_stopped()
     assert settled(store.inner)
-    assert store.get_job("a").attempts == 0
+    assert (await store.get_job("a")).attempts == 0
 
 
 @pytest.mark.parametrize("cancel_running", [False, True])
@@ -175,12 +175,12 @@ async def test_handler_calling_shutdown_itself(cancel_running: bool, clock: Cloc
             await tg.start(scheduler.run)
             await scheduler.wait_stopped()
     assert settled(store.inner)
-    j0 = store.get_job("j0")
+    j0 = await store.get_job("j0")
     if cancel_running:
         assert (j0.status, j0.attempts) == (JobStatus.PENDING, 0)
     else:
         assert j0.status is JobStatus.COMPLETED
-    assert all(store.get_job(f"j{n}").attempts == 0 for n in (1, 2, 3))
+    assert all(peek(store.inner, f"j{n}").attempts == 0 for n in (1, 2, 3))
 
 
 async def test_cancel_running_during_an_outcome_write_still_writes_it(clock: Clock) -> None:
@@ -207,7 +207,7 @@ async def test_cancel_running_during_an_outcome_write_still_writes_it(clock: Clo
             await writing.wait()
             scheduler.shutdown(cancel_running=True)
             await scheduler.wait_stopped()
-    assert store.get_job("a").status is JobStatus.COMPLETED
+    assert (await store.get_job("a")).status is JobStatus.COMPLETED
 
 
 async def test_permanent_claim_error_stops_cleanly_and_wait_stopped_returns(clock: Clock) -> None:
@@ -258,7 +258,7 @@ async def test_permanent_outcome_write_error_loses_no_job(clock: Clock) -> None:
                 await tg.start(scheduler.run)
                 await until(
                     lambda: (
-                        len(leased(store.inner)) + store.inner.count(JobStatus.COMPLETED) == 4
+                        len(leased(store.inner)) + tally(store.inner, JobStatus.COMPLETED) == 4
                         and scheduler.statistics().running == 0
                     )
                 )

@@ -155,10 +155,10 @@ async def test_an_undecodable_stored_job_fails_without_its_value_anywhere(
     assert await store.fetch_pending_jobs(at(1), 10, VT) == []
     errors = dict(raw.execute("SELECT id, last_error FROM anysched_jobs WHERE status = 'failed'").fetchall())
     assert errors == {
-        "broken": "PayloadError: a stored payload is not a valid Payload:"
-        " field 'note': Input should be a valid string (string_type)",
-        "garbled": "PayloadError: a stored payload is not JSON: Expecting property name enclosed in double quotes"
-        " at line 1 column 24",
+        "broken": "UndecodableDocumentError: stored field 'payload' cannot be decoded (PayloadError:"
+        " a stored payload is not a valid Payload: field 'note': Input should be a valid string (string_type))",
+        "garbled": "UndecodableDocumentError: stored field 'payload' cannot be decoded (PayloadError:"
+        " a stored payload is not JSON: Expecting property name enclosed in double quotes at line 1 column 24)",
     }
     assert "job broken: a stored payload is not a valid Payload" in caplog.text
     assert CARD not in caplog.text

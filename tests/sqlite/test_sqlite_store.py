@@ -217,7 +217,10 @@ async def test_a_stored_payload_that_cannot_be_decoded_fails_its_job_and_spares_
     broken = raw.execute("SELECT status, attempts, last_error, visible_after FROM anysched_jobs WHERE id = 'broken'")
     status, attempts, last_error, visible_after = broken.fetchone()
     assert (status, attempts, visible_after) == ("failed", 1, None)
-    assert last_error.startswith("PayloadError: a stored payload is not a valid Payload: field 'n': ")
+    assert last_error.startswith(
+        "UndecodableDocumentError: stored field 'payload' cannot be decoded"
+        " (PayloadError: a stored payload is not a valid Payload: field 'n': "
+    )
     assert "job broken" in caplog.text
     assert [j.id for j in await store.fetch_pending_jobs(at(3600), 10, VT)] == ["good-1", "good-3"]
 

@@ -9,10 +9,12 @@ from collections import Counter
 from datetime import datetime, timedelta
 from typing import Generic, TypeVar
 
-from .._exceptions import DuplicateJobError, JobNotFoundError, LeaseLostError
+from .._exceptions import DuplicateJobError, JobNotFoundError
 from .._job import Job, JobStatus, claimed
 from .._store import check_claim_arguments as _check_claim_arguments
 from .._store import check_job as _check_job
+from .._store import check_list_arguments as _check_list_arguments
+from .._store import update_refused as _update_refused
 from .._time import require_utc
 
 __all__ = ("MemoryStore",)
@@ -78,10 +80,8 @@ class MemoryStore(Generic[T]):
         _check_job(job)
         with self._lock:
             stored = self._jobs.get(job.id)
-            if stored is None:
-                raise JobNotFoundError(job.id)
-            if not stored.accepts_write_fenced_by(job.lease):
-                raise LeaseLostError(job.id)
+            if stored is None or not stored.accepts_write_fenced_by(job.lease):
+                raise _update_refused(job.id, exists=stored is not None)
             self._put(stored, job)
 
     async def add_job(self, job: Job[T]) -> None:
@@ -102,9 +102,9 @@ class MemoryStore(Generic[T]):
                 moments.append(self._waiting[0][0])
             return min(moments, default=None)
 
-    # -- what go-sched's memory store offers beyond the contract -------------------------
+    # -- inspection (anysched.InspectsJobs) -----------------------------------------------
 
-    def get_job(self, job_id: str) -> Job[T]:
+    async def get_job(self, job_id: str) -> Job[T]:
         """The stored job with this id. :raises JobNotFoundError: no such job"""
         with self._lock:
             try:
@@ -112,17 +112,27 @@ class MemoryStore(Generic[T]):
             except KeyError:
                 raise JobNotFoundError(job_id) from None
 
-    def jobs(self) -> list[Job[T]]:
-        """A snapshot of every stored job (go-sched's ``GetJobs``), in insertion order."""
-        with self._lock:
-            return list(self._jobs.values())
-
-    def count(self, status: JobStatus | None = None) -> int:
+    async def count(self, status: JobStatus | None = None) -> int:
         """How many jobs have ``status`` (all jobs when ``None``), in O(1)."""
-        with self._lock:
-            return len(self._jobs) if status is None else self._counts[JobStatus(status)]
+        return self._count(status)
 
-    def purge(self, *, completed_before: datetime) -> int:
+    async def list_jobs(
+        self, status: JobStatus | None = None, *, limit: int = 100, after: str | None = None
+    ) -> list[Job[T]]:
+        """Up to ``limit`` jobs with ``status`` (all when ``None``) whose ids sort after ``after``, by id.
+
+        A scan of every job: O(n log limit) per page.
+        """
+        status = _check_list_arguments(status, limit, after)
+        with self._lock:
+            chosen = (
+                job
+                for job in self._jobs.values()
+                if (status is None or job.status is status) and (after is None or job.id > after)
+            )
+            return heapq.nsmallest(limit, chosen, key=_job_id)
+
+    async def purge(self, *, completed_before: datetime) -> int:
         """Delete completed jobs processed before ``completed_before``; return how many.
 
         Completed jobs are kept until purged, so a long-running process calls this now and
@@ -140,10 +150,21 @@ class MemoryStore(Generic[T]):
             self._counts[JobStatus.COMPLETED] -= len(doomed)
             return len(doomed)
 
+    # -- beyond inspection: go-sched's memory store, synchronous ------------------------------
+
+    def jobs(self) -> list[Job[T]]:
+        """A snapshot of every stored job (go-sched's ``GetJobs``), in insertion order."""
+        with self._lock:
+            return list(self._jobs.values())
+
     def __len__(self) -> int:
-        return self.count()
+        return self._count(None)
 
     # -- internals -----------------------------------------------------------------------
+
+    def _count(self, status: JobStatus | None) -> int:
+        with self._lock:
+            return len(self._jobs) if status is None else self._counts[JobStatus(status)]
 
     def _claim(self, job: Job[T], now: datetime, visibility_timeout: timedelta) -> Job[T]:
         leased = claimed(job, now, visibility_timeout)
@@ -217,6 +238,10 @@ def _claimable_at(job: Job[T]) -> datetime:
     moment = job.claimable_at
     assert moment is not None, "only pending jobs are indexed"
     return moment
+
+
+def _job_id(job: Job[T]) -> str:
+    return job.id
 
 
 def _live_heap(heap: list[_Entry], current: dict[str, int]) -> list[_Entry]:

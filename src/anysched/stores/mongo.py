@@ -41,13 +41,16 @@ from .._codec import PayloadCodec
 from .._exceptions import (
     DuplicateJobError,
     JobNotFoundError,
-    LeaseLostError,
     PayloadError,
     TransientStoreError,
+    UndecodableDocumentError,
 )
 from .._job import Job, JobStatus, new_lease_token
 from .._store import check_claim_arguments as _check_claim_arguments
 from .._store import check_job as _check_job
+from .._store import check_list_arguments as _check_list_arguments
+from .._store import undecodable_last_error as _undecodable_last_error
+from .._store import update_refused as _update_refused
 from .._time import Seconds, require_utc, to_seconds
 
 if TYPE_CHECKING:
@@ -74,6 +77,8 @@ _MAX_CLAIM_ROUNDS = 3
 """A batched claim that loses jobs to a concurrent claimer tries again at most this often."""
 _HAND_BACK_TIMEOUT = 5.0
 """Seconds a claim that failed part-way may spend, shielded, handing back the jobs it won."""
+_PURGE_BATCH = 500
+"""Documents one :meth:`MongoStore.purge` step deletes at most: each step is one bounded ``delete_many``."""
 
 _TRANSIENT_CODES = frozenset(
     {
@@ -156,6 +161,7 @@ class _Driver(Protocol):
     async def insert_one(self, document: _Document) -> None: ...
     async def update_one(self, query: _Document, update: _Document) -> int: ...
     async def update_many(self, query: _Document, update: _Document) -> int: ...
+    async def delete_many(self, query: _Document) -> int: ...
     async def claim_one(self, query: _Document, update: _Document, sort: list[tuple[str, int]]) -> _Document | None: ...
     async def find(
         self, query: _Document, *, sort: list[tuple[str, int]], limit: int = 0, projection: _Document | None = None
@@ -188,6 +194,9 @@ class _AwaitingDriver:
 
     async def update_many(self, query: _Document, update: _Document) -> int:
         return int((await self._collection.update_many(query, update)).modified_count)
+
+    async def delete_many(self, query: _Document) -> int:
+        return int((await self._collection.delete_many(query)).deleted_count)
 
     async def claim_one(self, query: _Document, update: _Document, sort: list[tuple[str, int]]) -> _Document | None:
         found: _Document | None = await self._collection.find_one_and_update(
@@ -234,6 +243,9 @@ class _ThreadedDriver:
 
     async def update_many(self, query: _Document, update: _Document) -> int:
         return (await _in_thread(self._collection.update_many, query, update)).modified_count
+
+    async def delete_many(self, query: _Document) -> int:
+        return (await _in_thread(self._collection.delete_many, query)).deleted_count
 
     async def claim_one(self, query: _Document, update: _Document, sort: list[tuple[str, int]]) -> _Document | None:
         call = functools.partial(
@@ -418,8 +430,14 @@ class MongoStore(Generic[T]):
                 await self._create_ttl_index(self._ttl)
         self._indexes_ready = True
 
+    # -- inspection (anysched.InspectsJobs) --------------------------------------------------
+
     async def get_job(self, job_id: str) -> Job[T]:
-        """The stored job with this id. :raises JobNotFoundError: no such job"""
+        """The stored job with this id.
+
+        :raises JobNotFoundError: no such job
+        :raises UndecodableDocumentError: its document cannot be decoded (a ``ValueError``)
+        """
         await self._ready()
         with _translated("get_job"):
             found = await self._driver.find_one({"_id": job_id})
@@ -433,6 +451,44 @@ class MongoStore(Generic[T]):
         query = {} if status is None else {"status": JobStatus(status).value}
         with _translated("count"):
             return await self._driver.count(query)
+
+    async def list_jobs(
+        self, status: JobStatus | None = None, *, limit: int = 100, after: str | None = None
+    ) -> list[Job[T]]:
+        """Up to ``limit`` jobs with ``status`` (all when ``None``) whose ids sort after ``after``, by id.
+
+        :raises UndecodableDocumentError: a listed job's document cannot be decoded (a ``ValueError``)
+        """
+        status = _check_list_arguments(status, limit, after)
+        query: _Document = {} if status is None else {"status": status.value}
+        if after is not None:
+            query["_id"] = {"$gt": after}
+        await self._ready()
+        with _translated("list_jobs"):
+            found = await self._driver.find(query, sort=[("_id", 1)], limit=limit)
+        return [self._job(document) for document in found]
+
+    async def purge(self, *, completed_before: datetime) -> int:
+        """Delete completed jobs processed before ``completed_before``; return how many.
+
+        Pending and failed jobs are never purged. Each step finds at most a few hundred
+        such jobs and deletes those still completed and old, so no one request runs long
+        (``completed_ttl`` has the server delete them by itself).
+        """
+        cutoff = require_utc("completed_before", completed_before)
+        old_completed: _Document = {"status": JobStatus.COMPLETED.value, "processed_at": {"$lt": cutoff}}
+        await self._ready()
+        deleted = 0
+        while True:
+            with _translated("purge"):
+                found = await self._driver.find(
+                    old_completed, sort=[("processed_at", 1)], limit=_PURGE_BATCH, projection={"_id": 1}
+                )
+                if found:
+                    ids = [document["_id"] for document in found]
+                    deleted += await self._driver.delete_many({"_id": {"$in": ids}, **old_completed})
+            if len(found) < _PURGE_BATCH:
+                return deleted
 
     # -- claims --------------------------------------------------------------------------------
 
@@ -517,7 +573,7 @@ class MongoStore(Generic[T]):
             "processed_at": now,
             "visible_after": None,
             "claimable_at": None,
-            "last_error": f"{type(error).__name__}: {error}",
+            "last_error": _undecodable_last_error(error),
         }
         with _translated("update_job (undecodable)"):
             await self._driver.update_one(_fenced(document["_id"], document["lease"]), {"$set": failed})
@@ -547,31 +603,19 @@ class MongoStore(Generic[T]):
             ) from error
 
     async def _raise_why_unmatched(self, job_id: str) -> None:
-        if await self._driver.find_one({"_id": job_id}) is None:
-            raise JobNotFoundError(job_id)
-        raise LeaseLostError(job_id)
+        exists = await self._driver.find_one({"_id": job_id}) is not None
+        raise _update_refused(job_id, exists=exists)
 
     def _document(self, job: Job[T]) -> _Document:
-        return {
-            "_id": job.id,
-            "payload": self._codec.encode(job.payload),
-            "status": job.status.value,
-            "process_after": job.process_after,
-            "visible_after": job.visible_after,
-            "processed_at": job.processed_at,
-            "attempts": job.attempts,
-            "lease": job.lease,
-            "last_error": job.last_error,
-            "max_attempts": job.max_attempts,
-            "timeout": job.timeout,
-            "claimable_at": job.claimable_at,
-        }
+        """The document that stores ``job``: each field as ``_FIELDS`` maps it, and its ``claimable_at``."""
+        document = {key: write(getattr(job, name)) for name, (key, write, _, _) in _FIELDS.items()}
+        return {**document, "payload": self._codec.encode(job.payload), "claimable_at": job.claimable_at}
 
     def _job(self, document: Mapping[str, Any]) -> Job[T]:
         """The job ``document`` stores. :raises UndecodableDocumentError: naming the field, not its value"""
         with _decoding("payload"):
             payload = self._codec.decode(document["payload"])
-        fields = {name: _read(document, key, read, default) for name, (key, read, default) in _READERS.items()}
+        fields = {name: _read(document, key, read, default) for name, (key, _, read, default) in _FIELDS.items()}
         try:
             return Job(payload=payload, **fields)
         except (TypeError, ValueError) as error:  # Job's own checks quote the value: name the field
@@ -650,18 +694,6 @@ def _required_utc(value: object) -> datetime:
 # -- decoding --------------------------------------------------------------------------------------
 
 
-class UndecodableDocumentError(ValueError):
-    """A stored job document that cannot be decoded: names the field and the error's type.
-
-    Never the stored value, nor the underlying error's message (which may quote it):
-    payloads may hold secrets.
-    """
-
-    def __init__(self, field: str, error: Exception) -> None:
-        super().__init__(f"stored field {field!r} cannot be decoded ({type(error).__name__})")
-        self.field = field
-
-
 @contextmanager
 def _decoding(field: str) -> Generator[None]:
     try:
@@ -679,6 +711,10 @@ def _as_is(value: object) -> object:
     return value
 
 
+def _status_value(status: JobStatus) -> str:
+    return status.value
+
+
 def _refused_by_job(fields: Mapping[str, Any]) -> str:
     """Which field ``Job`` refused: each one it checks is tried alone (on the failure path only)."""
     for name in ("id", "attempts", "max_attempts", "timeout"):
@@ -690,16 +726,19 @@ def _refused_by_job(fields: Mapping[str, Any]) -> str:
 
 
 _REQUIRED = object()
-_READERS: dict[str, tuple[str, Callable[[Any], Any], object]] = {
-    "id": ("_id", _as_is, _REQUIRED),
-    "status": ("status", JobStatus, _REQUIRED),
-    "process_after": ("process_after", _required_utc, _REQUIRED),
-    "visible_after": ("visible_after", _utc, None),
-    "processed_at": ("processed_at", _utc, None),
-    "attempts": ("attempts", _as_is, 0),
-    "lease": ("lease", _as_is, None),
-    "last_error": ("last_error", _as_is, None),
-    "max_attempts": ("max_attempts", _as_is, None),  # absent from documents written before 0.1
-    "timeout": ("timeout", _as_is, None),
+_FIELDS: dict[str, tuple[str, Callable[[Any], Any], Callable[[Any], Any], object]] = {
+    "id": ("_id", _as_is, _as_is, _REQUIRED),
+    "status": ("status", _status_value, JobStatus, _REQUIRED),
+    "process_after": ("process_after", _as_is, _required_utc, _REQUIRED),
+    "visible_after": ("visible_after", _as_is, _utc, None),
+    "processed_at": ("processed_at", _as_is, _utc, None),
+    "attempts": ("attempts", _as_is, _as_is, 0),
+    "lease": ("lease", _as_is, _as_is, None),
+    "last_error": ("last_error", _as_is, _as_is, None),
+    "max_attempts": ("max_attempts", _as_is, _as_is, None),  # absent from documents written before 0.1
+    "timeout": ("timeout", _as_is, _as_is, None),
 }
-"""Each Job attribute but the payload: its document key, how to read it, its default if absent."""
+"""The one map of Job attributes to document keys: every attribute but the payload (a nested
+document through the codec), with its key, how its value is written (datetimes as BSON dates,
+as they are), how it is read back, and its default when absent. Queries name the keys the
+claim and the fence use (``status``, ``lease``, ``visible_after``…) directly."""

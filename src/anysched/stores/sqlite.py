@@ -28,13 +28,16 @@ from .._exceptions import (
     AnyschedError,
     DuplicateJobError,
     JobNotFoundError,
-    LeaseLostError,
     PayloadError,
     TransientStoreError,
+    UndecodableDocumentError,
 )
 from .._job import Job, JobStatus, new_lease_token
 from .._store import check_claim_arguments as _check_claim_arguments
 from .._store import check_job as _check_job
+from .._store import check_list_arguments as _check_list_arguments
+from .._store import undecodable_last_error as _undecodable_last_error
+from .._store import update_refused as _update_refused
 from .._time import Seconds, require_utc, to_seconds
 
 T = TypeVar("T")
@@ -56,27 +59,55 @@ _PURGE_STEP = 500  # rows per purge transaction: each holds the connection and t
 _EXPIRY_BUDGET = 0.05  # seconds of expiry steps one fetch may run (at least one step)
 _MAX_EXPIRY_INTERVAL = timedelta(minutes=1)
 
-_FIELDS = (
-    "id",
-    "payload",
-    "status",
-    "process_after",
-    "visible_after",
-    "processed_at",
-    "attempts",
-    "lease",
-    "last_error",
-    "max_attempts",
-    "timeout",
-)
-"""The job table's columns: every statement and every row (a dict keyed by these) names them."""
-_COLUMNS = ", ".join(_FIELDS)
+
+def _to_us(moment: datetime) -> int:
+    """Integer microseconds since the Unix epoch: exact, and sorts like the instants."""
+    return (moment - _EPOCH) // _MICROSECOND
+
+
+def _maybe_us(moment: datetime | None) -> int | None:
+    return None if moment is None else _to_us(moment)
+
+
+def _from_us(value: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=value)
+
+
+def _maybe_datetime(value: int | None) -> datetime | None:
+    return None if value is None else _from_us(value)
+
+
+def _as_is(value: R) -> R:
+    return value
+
+
+def _status_value(status: JobStatus) -> str:
+    return status.value
+
+
+_FIELDS: Final[dict[str, tuple[Callable[[Any], Any], Callable[[Any], Any]]]] = {
+    "id": (_as_is, _as_is),
+    "status": (_status_value, JobStatus),
+    "process_after": (_to_us, _from_us),
+    "visible_after": (_maybe_us, _maybe_datetime),
+    "processed_at": (_maybe_us, _maybe_datetime),
+    "attempts": (_as_is, _as_is),
+    "lease": (_as_is, _as_is),
+    "last_error": (_as_is, _as_is),
+    "max_attempts": (_as_is, _as_is),
+    "timeout": (_as_is, _as_is),
+}
+"""The one map of Job attributes to columns: every attribute but the payload (JSON through the
+codec), each in the column of its name, with how its value is written there and read back.
+Every statement and every row (a dict keyed by column) takes its names from here."""
+_NAMES = ("payload", *_FIELDS)
+_COLUMNS = ", ".join(_NAMES)
 _Row: TypeAlias = "dict[str, Any]"
 _LEASE_HELD = "id = :id AND lease = :lease AND status = 'pending' AND visible_after IS NOT NULL"
 """The stored job is leased under the caller's token (``Job.accepts_write_fenced_by``); an outcome ends that."""
-_INSERT = f"INSERT INTO anysched_jobs ({_COLUMNS}) VALUES ({', '.join(f':{name}' for name in _FIELDS)})"
+_INSERT = f"INSERT INTO anysched_jobs ({_COLUMNS}) VALUES ({', '.join(f':{name}' for name in _NAMES)})"
 _UPDATE = (
-    f"UPDATE anysched_jobs SET {', '.join(f'{name} = :{name}' for name in _FIELDS if name != 'id')}"
+    f"UPDATE anysched_jobs SET {', '.join(f'{name} = :{name}' for name in _NAMES if name != 'id')}"
     f" WHERE {_LEASE_HELD}"  # the WHERE sees the stored lease; the SET writes the same token
 )
 _CLAIMABLE = (
@@ -280,7 +311,7 @@ class SQLiteStore(Generic[T]):
         moment = await self._run(_next_due)
         return None if moment is None else _from_us(moment)
 
-    # -- beyond the contract -----------------------------------------------------------------
+    # -- inspection (anysched.InspectsJobs) ------------------------------------------------------
 
     async def get_job(self, job_id: str) -> Job[T]:
         """The stored job with this id. :raises JobNotFoundError: no such job"""
@@ -293,6 +324,17 @@ class SQLiteStore(Generic[T]):
         """How many jobs have ``status`` (all jobs when ``None``)."""
         status = None if status is None else JobStatus(status)
         return await self._run(lambda connection: _count(connection, status))
+
+    async def list_jobs(
+        self, status: JobStatus | None = None, *, limit: int = 100, after: str | None = None
+    ) -> list[Job[T]]:
+        """Up to ``limit`` jobs with ``status`` (all when ``None``) whose ids sort after ``after``, by id.
+
+        :raises PayloadError: a listed job's stored payload does not decode
+        """
+        status = _check_list_arguments(status, limit, after)
+        rows = await self._run(lambda connection: _select_page(connection, status, limit, after))
+        return [self._job(row) for row in rows]
 
     async def purge(self, *, completed_before: datetime) -> int:
         """Delete completed jobs processed before ``completed_before``; return how many.
@@ -363,7 +405,8 @@ class SQLiteStore(Generic[T]):
                 jobs.append(self._job(row))
             except PayloadError as error:  # its message names fields and kinds, never the payload
                 _logger.error("job %s: %s; marking it failed", row["id"], error)
-                broken.append({"id": row["id"], "last_error": f"PayloadError: {error}"})
+                last_error = _undecodable_last_error(UndecodableDocumentError("payload", error))
+                broken.append({"id": row["id"], "last_error": last_error})
         return jobs, broken
 
     # -- deleting completed jobs --------------------------------------------------------------
@@ -420,36 +463,13 @@ class SQLiteStore(Generic[T]):
         except (TypeError, ValueError) as error:  # its text may quote the value (``nan``)
             kind = type(error).__name__
         else:
-            return {
-                "id": job.id,
-                "payload": payload,
-                "status": job.status.value,
-                "process_after": _to_us(job.process_after),
-                "visible_after": _maybe_us(job.visible_after),
-                "processed_at": _maybe_us(job.processed_at),
-                "attempts": job.attempts,
-                "lease": job.lease,
-                "last_error": job.last_error,
-                "max_attempts": job.max_attempts,
-                "timeout": job.timeout,
-            }
+            return {"payload": payload, **{name: write(getattr(job, name)) for name, (write, _) in _FIELDS.items()}}
         raise PayloadError(f"a payload of type {type(job.payload).__name__} cannot be stored as JSON ({kind})")
 
     def _job(self, row: _Row) -> Job[T]:
         """The job a row holds. :raises PayloadError: its payload does not decode"""
-        return Job(
-            payload=self._decode(row["payload"]),
-            id=row["id"],
-            status=JobStatus(row["status"]),
-            process_after=_from_us(row["process_after"]),
-            visible_after=_maybe_datetime(row["visible_after"]),
-            processed_at=_maybe_datetime(row["processed_at"]),
-            attempts=row["attempts"],
-            lease=row["lease"],
-            last_error=row["last_error"],
-            max_attempts=row["max_attempts"],
-            timeout=row["timeout"],
-        )
+        fields = {name: read(row[name]) for name, (_, read) in _FIELDS.items()}
+        return Job(payload=self._decode(row["payload"]), **fields)
 
     def _decode(self, text: str) -> T:
         try:
@@ -611,7 +631,7 @@ def _update(connection: sqlite3.Connection, row: _Row) -> None:
     with _write(connection):
         if connection.execute(_UPDATE, row).rowcount == 0:
             exists = connection.execute("SELECT 1 FROM anysched_jobs WHERE id = :id", row).fetchone()
-            raise LeaseLostError(row["id"]) if exists else JobNotFoundError(row["id"])
+            raise _update_refused(row["id"], exists=exists is not None)
 
 
 def _insert(connection: sqlite3.Connection, rows: list[_Row]) -> None:
@@ -639,6 +659,14 @@ def _next_due(connection: sqlite3.Connection) -> int | None:
 def _select_one(connection: sqlite3.Connection, job_id: str) -> _Row | None:
     rows = _records(connection.execute(f"SELECT {_COLUMNS} FROM anysched_jobs WHERE id = ?", (job_id,)))
     return rows[0] if rows else None
+
+
+def _select_page(connection: sqlite3.Connection, status: JobStatus | None, limit: int, after: str | None) -> list[_Row]:
+    """Up to ``limit`` rows by id (the primary key's order), of ``status`` if given, after id ``after``."""
+    conditions = [*([] if status is None else ["status = :status"]), *([] if after is None else ["id > :after"])]
+    where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
+    params = {"status": None if status is None else status.value, "after": after, "limit": limit}
+    return _records(connection.execute(f"SELECT {_COLUMNS} FROM anysched_jobs{where} ORDER BY id LIMIT :limit", params))
 
 
 def _count(connection: sqlite3.Connection, status: JobStatus | None) -> int:
@@ -674,20 +702,3 @@ def _is_busy(error: sqlite3.Error) -> bool:
         return code & 0xFF in _TRANSIENT_CODES
     message = str(error).lower()
     return "locked" in message or "busy" in message
-
-
-def _to_us(moment: datetime) -> int:
-    """Integer microseconds since the Unix epoch: exact, and sorts like the instants."""
-    return (moment - _EPOCH) // _MICROSECOND
-
-
-def _maybe_us(moment: datetime | None) -> int | None:
-    return None if moment is None else _to_us(moment)
-
-
-def _from_us(value: int) -> datetime:
-    return _EPOCH + timedelta(microseconds=value)
-
-
-def _maybe_datetime(value: int | None) -> datetime | None:
-    return None if value is None else _from_us(value)
