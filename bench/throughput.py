@@ -91,8 +91,9 @@ async def _scheduler_run(jobs: int, workers: int, store: MemoryStore[int] | None
     start = _clock()
     async with open_scheduler(store, handler, workers=workers, fetch_interval=0.05):
         await finish.done.wait()
-    if store.count(anysched.JobStatus.COMPLETED) != jobs:  # the last outcome is written on shutdown
-        raise RuntimeError(f"only {store.count(anysched.JobStatus.COMPLETED)} of {jobs} jobs completed")
+    completed = await store.count(anysched.JobStatus.COMPLETED)
+    if completed != jobs:  # the last outcome is written on shutdown
+        raise RuntimeError(f"only {completed} of {jobs} jobs completed")
     return finish.end - start
 
 
