@@ -7,14 +7,15 @@ caller's own insert. A retry that finds a job with the same id and the same cont
 
 from __future__ import annotations
 
+import inspect
 import logging
 from datetime import timedelta
-from typing import TypeVar, cast
+from typing import Any, TypeVar, cast
 
 from ._exceptions import DuplicateJobError
 from ._job import Job
 from ._retry import Backoff, CountedCall, call_store
-from ._store import InspectsJobs, JobStore
+from ._store import JobStore
 
 T = TypeVar("T")
 
@@ -43,19 +44,20 @@ async def _holds_same_job(store: JobStore[T], job: Job[T]) -> bool:
     """Whether the store's job with ``job.id`` is ``job``, as the store keeps it.
 
     Same payload, limits and due time; a job already claimed since may have a later due time
-    (a retry). A store that does not implement :class:`~anysched.InspectsJobs` cannot tell:
-    the duplicate stands.
+    (a retry). It takes only ``get_job`` of :class:`~anysched.InspectsJobs` (a store may offer
+    just that); a store without it cannot tell: the duplicate stands.
     """
-    if not isinstance(store, InspectsJobs):
+    get_job: Any = getattr(store, "get_job", None)
+    if not inspect.iscoroutinefunction(get_job):
         return False
-    inspects = cast("InspectsJobs[T]", store)
     try:
-        stored = await inspects.get_job(job.id)
+        found: object = await get_job(job.id)
     except Exception as error:  # it exists, but cannot be read back now: the duplicate stands
         logger.warning("job %s: could not read it back to tell a lost reply from a duplicate: %r", job.id, error)
         return False
-    if not isinstance(cast("object", stored), Job):  # a misbehaving store's answer: the duplicate stands
+    if not isinstance(found, Job):  # a misbehaving store's answer: the duplicate stands
         return False
+    stored = cast("Job[T]", found)
     same_due = abs(stored.process_after - job.process_after) <= _ROUNDING or stored.attempts > 0
     return (
         stored.payload == job.payload
