@@ -16,6 +16,15 @@ The streams of both floors have the scheduler's own capacity (``workers + buffer
 buffer_size defaulting to ``workers``). Each figure is the best of ``--repeat`` runs,
 which tames the noise of a shared machine better than a mean does.
 
+- **APScheduler 4** (when ``apscheduler`` is importable): the same N no-op jobs through
+  APScheduler 4's ``AsyncScheduler`` on its ``MemoryDataStore`` and local event broker, on the
+  same backend, with ``max_concurrent_jobs`` = workers. The jobs are added (``add_job``, one task
+  configured with ``max_running_jobs=None`` so the worker count is the only limit, ``async``
+  executor, clean-up loop off) *before* timing starts; the clock runs from
+  ``start_in_background()`` until the last handler returns, as for the scheduler. Install it
+  into the same virtualenv with ``pip install --pre "apscheduler>=4.0.0a5"`` (a pre-release; it
+  is not a dependency of anysched). Without it the table leaves its columns out and says so.
+
 It also times the memory store's claim (``fetch_pending_jobs`` of 10 jobs) with few and with
 many pending jobs, to show that a claim costs O(log n) and does not scan the store.
 
@@ -24,12 +33,14 @@ Usage::
     python bench/throughput.py                      # the default table (about a minute)
     python bench/throughput.py --jobs 50000 --workers 10 --backends trio --repeat 5
     python bench/throughput.py --json               # one JSON object per line, for scripts
+    python bench/throughput.py --no-apscheduler     # leave APScheduler 4 out even when installed
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import inspect
 import json
 import logging
 import platform
@@ -44,6 +55,12 @@ import anyio
 
 import anysched
 from anysched import Job, MemoryStore, open_scheduler
+
+try:
+    from apscheduler import AsyncScheduler  # type: ignore[import-not-found, unused-ignore]
+    from apscheduler.datastores.memory import MemoryDataStore  # type: ignore[import-not-found, unused-ignore]
+except ImportError:
+    AsyncScheduler = MemoryDataStore = None
 
 BACKENDS = ("asyncio", "trio")
 _clock = time.perf_counter
@@ -91,7 +108,9 @@ async def _scheduler_run(jobs: int, workers: int, store: MemoryStore[int] | None
     start = _clock()
     async with open_scheduler(store, handler, workers=workers, fetch_interval=0.05):
         await finish.done.wait()
-    completed = await store.count(anysched.JobStatus.COMPLETED)
+    completed = store.count(anysched.JobStatus.COMPLETED)
+    if inspect.isawaitable(completed):  # async in later builds; the bench also runs older trees (PYTHONPATH=...)
+        completed = await completed
     if completed != jobs:  # the last outcome is written on shutdown
         raise RuntimeError(f"only {completed} of {jobs} jobs completed")
     return finish.end - start
@@ -145,6 +164,37 @@ async def _floor_run(jobs: int, workers: int, *, nowait: bool) -> float:
     return finish.end - start
 
 
+_APS_TASK = "anysched-bench-no-op"
+_aps_finish: _Finish | None = None
+"""The ``_Finish`` of the APScheduler run in progress (its handler is a module function, looked up by task id)."""
+
+
+async def _aps_handler(item: int) -> None:
+    """APScheduler's handler: the same no-op and count as the scheduler's."""
+    await _no_op(item)
+    assert _aps_finish is not None
+    _aps_finish.one()
+
+
+async def _apscheduler_run(jobs: int, workers: int) -> float:
+    """Seconds from APScheduler 4's start until the last of ``jobs`` pre-added no-op handlers returns."""
+    global _aps_finish
+    finish = _aps_finish = _Finish(jobs)
+    async with AsyncScheduler(MemoryDataStore(), max_concurrent_jobs=workers, cleanup_interval=None) as scheduler:
+        # By task id: add_job(callable) would reset the task to the default max_running_jobs=1.
+        await scheduler.configure_task(_APS_TASK, func=_aps_handler, job_executor="async", max_running_jobs=None)
+        for i in range(jobs):
+            await scheduler.add_job(_APS_TASK, args=(i,))
+        start = _clock()
+        await scheduler.start_in_background()
+        await finish.done.wait()
+        await scheduler.stop()
+    _aps_finish = None
+    if finish.left:
+        raise RuntimeError(f"APScheduler: {finish.left} of {jobs} jobs not handled")
+    return finish.end - start
+
+
 def _best_rate(backend: str, jobs: int, repeat: int, run: Callable[[], Awaitable[float]]) -> float:
     """Jobs per second of the fastest of ``repeat`` runs."""
     best = float("inf")
@@ -172,17 +222,28 @@ async def _claim_cost(pending: int, fetches: int) -> float:
     return best * 1e6
 
 
-def _table(rows: list[dict[str, Any]]) -> str:
-    header = (
-        f"{'backend':<8} {'workers':>7} {'scheduler/s':>12} {'plain/s':>10} {'nowait/s':>10} "
-        f"{'sched/plain':>11} {'sched/nowait':>12}"
-    )
+def _table(rows: list[dict[str, Any]], *, floors: bool, aps: bool) -> str:
+    header = f"{'backend':<8} {'workers':>7} {'scheduler/s':>12}"
+    if floors:
+        header += f" {'plain/s':>10} {'nowait/s':>10}"
+    if aps:
+        header += f" {'apscheduler/s':>13}"
+    if floors:
+        header += f" {'sched/plain':>11} {'sched/nowait':>12}"
+    if aps:
+        header += f" {'sched/apscheduler':>17}"
     lines = [header, "-" * len(header)]
     for r in rows:
-        lines.append(
-            f"{r['backend']:<8} {r['workers']:>7} {r['scheduler']:>12,.0f} {r['plain']:>10,.0f} "
-            f"{r['nowait']:>10,.0f} {r['scheduler'] / r['plain']:>11.2f} {r['scheduler'] / r['nowait']:>12.2f}"
-        )
+        line = f"{r['backend']:<8} {r['workers']:>7} {r['scheduler']:>12,.0f}"
+        if floors:
+            line += f" {r['plain']:>10,.0f} {r['nowait']:>10,.0f}"
+        if aps:
+            line += f" {r['apscheduler']:>13,.0f}"
+        if floors:
+            line += f" {r['scheduler'] / r['plain']:>11.2f} {r['scheduler'] / r['nowait']:>12.2f}"
+        if aps:
+            line += f" {r['scheduler'] / r['apscheduler']:>17.2f}"
+        lines.append(line)
     return "\n".join(lines)
 
 
@@ -198,7 +259,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--repeat", type=int, default=3, help="best of this many runs per figure (default: %(default)s)"
     )
-    parser.add_argument("--no-floors", action="store_true", help="time only the scheduler")
+    parser.add_argument("--no-floors", action="store_true", help="leave out the two stream floors")
+    parser.add_argument("--no-apscheduler", action="store_true", help="leave out APScheduler 4 even if installed")
     parser.add_argument("--no-claim", action="store_true", help="skip the memory-store claim cost")
     parser.add_argument(
         "--claim-sizes", type=int, nargs=2, default=[1_000, 100_000], help="pending jobs (default: 1000 100000)"
@@ -217,10 +279,18 @@ def main(argv: list[str] | None = None) -> int:
         global _clock
         _clock = time.process_time
     logging.getLogger("anysched").setLevel(logging.WARNING)  # the library default; said here to be sure
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)  # it logs every job at INFO
+    aps = AsyncScheduler is not None and not args.no_apscheduler
+    if AsyncScheduler is None and not args.no_apscheduler:
+        print(
+            'APScheduler 4 is not installed (pip install --pre "apscheduler>=4.0.0a5"): its columns are left out.',
+            file=sys.stderr if args.json else sys.stdout,
+        )
     if not args.json:
         print(
             f"anysched {anysched.__file__.rsplit('/', 2)[0]} | Python {platform.python_version()} | "
-            f"anyio {_version('anyio')} | trio {_version('trio')} | {platform.machine()}"
+            f"anyio {_version('anyio')} | trio {_version('trio')} | apscheduler {_version('apscheduler')} | "
+            f"{platform.machine()}"
         )
         print(
             f"{args.jobs:,} no-op jobs per run, pre-loaded in a MemoryStore before timing; timed from "
@@ -228,7 +298,15 @@ def main(argv: list[str] | None = None) -> int:
             f"best of {args.repeat}.\n"
             "Floors: the same items through a bare anyio memory object stream (capacity 2 x workers, as the "
             "scheduler's) to the same number of worker tasks; plain = await send/receive, nowait = "
-            "send_nowait/receive_nowait first.\n"
+            "send_nowait/receive_nowait first."
+            + (
+                "\nAPScheduler 4: the same jobs added to its MemoryDataStore before timing, max_concurrent_jobs = "
+                "workers, one task with max_running_jobs=None, async executor, clean-up off; timed from "
+                "start_in_background() to the last handler's return."
+                if aps
+                else ""
+            )
+            + "\n"
         )
     rows: list[dict[str, Any]] = []
     for backend in args.backends:
@@ -244,15 +322,15 @@ def main(argv: list[str] | None = None) -> int:
                 row["nowait"] = _best_rate(
                     backend, args.jobs, args.repeat, lambda w=workers: _floor_run(args.jobs, w, nowait=True)
                 )
+            if aps:
+                row["apscheduler"] = _best_rate(
+                    backend, args.jobs, args.repeat, lambda w=workers: _apscheduler_run(args.jobs, w)
+                )
             rows.append(row)
             if args.json:
                 print(json.dumps(row), flush=True)
     if not args.json:
-        if args.no_floors:
-            for r in rows:
-                print(f"{r['backend']:<8} workers={r['workers']:>4}  scheduler {r['scheduler']:>10,.0f} jobs/s")
-        else:
-            print(_table(rows))
+        print(_table(rows, floors=not args.no_floors, aps=aps))
 
     if not args.no_claim:
         small, large = args.claim_sizes
