@@ -773,23 +773,6 @@ class Process:
         """Read a job back (a scheduler does, to tell its own lost add_job reply from a duplicate)."""
         return await self.store.get_job(self, job_id)
 
-    # The rest of InspectsJobs: a scheduler reads a job back only from a store with the whole
-    # protocol. Never called by the scheduler; the inner store's answers, without faults.
-
-    async def count(self, status: JobStatus | None = None) -> int:
-        counted: int = await getattr(self.store.inner, "count")(status)  # noqa: B009 -- not every JobStore has one
-        return counted
-
-    async def list_jobs(
-        self, status: JobStatus | None = None, *, limit: int = 100, after: str | None = None
-    ) -> list[Job[Work]]:
-        listed: list[Job[Work]] = await getattr(self.store.inner, "list_jobs")(status, limit=limit, after=after)  # noqa: B009
-        return listed
-
-    async def purge(self, *, completed_before: datetime) -> int:
-        purged: int = await getattr(self.store.inner, "purge")(completed_before=completed_before)  # noqa: B009
-        return purged
-
 
 # -- the handlers' behaviours -----------------------------------------------------------------------------
 

@@ -6,8 +6,11 @@ add_job replies, and one scheduler whose wall clock is stepped forward and back.
 
 No job may be lost, and every handler run beyond a job's first must be explained by a retry, an
 interruption or a real lease expiry; no scheduler may crash or stop unasked, and every stop must end
-within its bound. The test also checks that each kind of chaos actually happened, so it cannot pass
-by doing nothing.
+within its bound, and no clock step may cancel (nearly) every running handler for a lost lease. On
+asyncio's real clock the event loop's lag (measured) excuses and counts a breach of those two
+timing rules that it explains; trio runs on a mock clock, without lag, so there they hold in full
+(that run fails if leases are timed by the stepped wall clock). The test also checks that each
+kind of chaos actually happened, so it cannot pass by doing nothing.
 """
 
 from __future__ import annotations
@@ -29,14 +32,24 @@ else:
 
 JOBS = 10_000
 
+RUN_BOUND = 150
+"""Bound on the run (``anyio.fail_after``): real seconds on asyncio, mock-clock seconds on trio. Under
+coverage a run takes about 35 s of CPU (its time on an idle machine), 50-60 s at a load of 8 on 2 cores."""
+TEST_BOUND = 200
+"""Bound on the test (pytest-timeout, wall seconds): on trio's mock clock the only bound on real time."""
 
+
+@pytest.mark.timeout(TEST_BOUND)
 async def test_no_job_is_lost_and_every_extra_run_is_explained() -> None:
     config = chaos.ChaosConfig(jobs=JOBS)
-    with anyio.fail_after(60):
+    with anyio.fail_after(RUN_BOUND):
         result = await chaos.run_chaos(config)
     print(result.table())  # shown with -s, or when an assertion fails
 
     assert result.violations() == [], result.table()
+    if result.backend == "trio":  # a mock clock: no lag, so every timing-sensitive rule is enforced in full
+        assert result.loop_lag[1] == 0.0, result.table()
+        assert result.excused_for_lag == [], result.table()
     assert sum(result.runs_per_job.values()) == JOBS
     assert sum(result.extra_runs.values()) == result.runs - (JOBS - result.runs_per_job[0])
 
