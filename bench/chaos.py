@@ -988,6 +988,8 @@ class ChaosResult:
     lag_excused: Counter[str] = field(default_factory=Counter[str])
     """How many breaches of each timing-sensitive rule the event loop's lag excused."""
     loop_lag: tuple[float, float, int] = (0.0, 0.0, 0)
+    traces: dict[str, str] = field(default_factory=dict[str, str])
+    """``ChaosRun.trace`` of the first few jobs an anomaly names: the material of a bug report."""
     """The event loop's lag: (longest single stall, total seconds lost, heartbeats)."""
 
     @property
@@ -1131,10 +1133,16 @@ class ChaosResult:
         lines += [f"  ANOMALY: {anomaly}" for anomaly in self.anomalies[:20]]
         lines += [f"  VIOLATION: {violation}" for violation in self.run_violations[:20]]
         lines += [f"  EXCUSED (lag): {excused}" for excused in self.excused_for_lag[:20]]
+        for job_id, trace in self.traces.items():
+            lines.append(f"  TRACE {job_id}:")
+            lines += [f"    {line}" for line in trace.splitlines()]
         return "\n".join(lines)
 
 
 CAUSES: tuple[Cause, ...] = ("retry", "interrupted", "lease expiry", "unexplained")
+
+TRACED = 5
+"""The table traces this many of the jobs that anomalies name."""
 
 
 # -- the run ---------------------------------------------------------------------------------------------
@@ -1568,6 +1576,8 @@ class ChaosRun:
 
         runs_per_job: Counter[int] = Counter(len(runs_by_job.get(job_id, [])) for job_id in self.ids)
         step_violations, steps_excused = self._step_verdicts()
+        named = dict.fromkeys(a.split(":", 1)[0] for a in anomalies if a.startswith("chaos-"))
+        traces = {job_id: self.trace(job_id) for job_id in list(named)[:TRACED]}
         stop_violations, stops_excused = self._stop_verdicts()
         return ChaosResult(
             backend=self.backend,
@@ -1600,6 +1610,7 @@ class ChaosRun:
             lost_after_steps=self._lost_after_steps(),
             run_violations=self.violations + stop_violations + self._add_violations() + step_violations,
             excused_for_lag=steps_excused + stops_excused,
+            traces=traces,
             lag_excused=Counter(
                 {"clock step lost-lease rule": len(steps_excused), "stop bound rule": len(stops_excused)}
             ),
