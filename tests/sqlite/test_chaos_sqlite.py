@@ -25,10 +25,10 @@ else:
 
 JOBS = 1_000
 
-RUN_BOUND = 150
-"""Bound on the run (``anyio.fail_after``, real seconds: threads, no mock clock). Under coverage a run
-takes about SQLITE_CPU s of CPU (its time on an idle machine), SQLITE_LOADED s at a load of 8 on 2 cores."""
-TEST_BOUND = 200
+RUN_BOUND = 120
+"""Bound on the run (``anyio.fail_after``, real seconds: threads, no mock clock). Measured under coverage
+on 2 cores (Python 3.11): 16-17 s at a load of 2, 32-35 s at 8, 52-55 s at 9."""
+TEST_BOUND = 180
 """Bound on the test (pytest-timeout, wall seconds)."""
 
 
@@ -39,7 +39,11 @@ def anyio_backend(request: pytest.FixtureRequest) -> str:
 
 @pytest.mark.timeout(TEST_BOUND)
 async def test_chaos_on_sqlite_loses_no_job_and_explains_every_extra_run(tmp_path: Path) -> None:
-    config = chaos.mongo_config(jobs=JOBS, store_delay=0.002, chaos_events=20)
+    # Odds of the rarest store faults raised (measured at mongo_config's: 3-5 hangs and 2-10 cancelled
+    # claims a run) so that the check below that each happened does not fail now and then.
+    config = chaos.mongo_config(
+        jobs=JOBS, store_delay=0.002, chaos_events=20, p_hang=0.008, p_claim_cancelled=0.05, p_add_lost_reply=0.5
+    )
     with anyio.fail_after(RUN_BOUND):
         async with SQLiteStore(tmp_path / "chaos.db", chaos.Work) as store:
             result = await chaos.run_chaos(config, store, store_name="sqlite")
