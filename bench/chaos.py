@@ -565,6 +565,8 @@ class ChaosStore:
         self.background: TaskGroup | None = None
         """Where abandoned writes land late from (none: they never land)."""
         self._seq = 0
+        self._millis = type(inner).__name__ == "MongoStore"
+        """The store keeps times in whole milliseconds (BSON dates): a renewal's end is stored cut to them."""
         self._on_finished = on_finished
 
     def _next_seq(self) -> int:
@@ -665,7 +667,10 @@ class ChaosStore:
             return
         kind = write_kind(claim, job)
         at = chaos_clock()
-        claim.writes.append(Write(kind, at, job.visible_after, job.attempts, job.status, start, end, late, reply_lost))
+        until = job.visible_after
+        if until is not None and self._millis:  # as the store keeps it, which is what its claims compare with
+            until -= timedelta(microseconds=until.microsecond % 1000)
+        claim.writes.append(Write(kind, at, until, job.attempts, job.status, start, end, late, reply_lost))
         self.events[f"writes {kind}"] += 1
         if kind in ("completed", "failed"):
             self._on_finished(job.id)
