@@ -9,16 +9,13 @@ and what could not be written is logged by id and reappears when its lease ends.
 from __future__ import annotations
 
 import logging
-from collections.abc import Generator
-from contextlib import contextmanager
-from dataclasses import replace
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import anyio
 
 from ._exceptions import JobNotFoundError, LeaseLostError
 from ._holdings import Held, Holdings
-from ._job import Job
+from ._job import Job, evolved
 from ._outcome import Outcome
 from ._retry import CountedCall, call_store
 from ._settings import Settings
@@ -81,7 +78,7 @@ class Completer(Generic[T]):
         with anyio.CancelScope(deadline=deadline, shield=True):
             while left:
                 job = left[0]
-                released = replace(job, visible_after=None, attempts=max(0, job.attempts - 1))
+                released = evolved(job, visible_after=None, attempts=max(0, job.attempts - 1))
                 try:
                     await self.write(released, "release")
                 except Exception as error:  # a permanent store error: try the others all the same
@@ -117,18 +114,12 @@ class Completer(Generic[T]):
             f"update_job ({why})", job.id, lambda: self._store.update_job(job), self._settings.store_backoff
         )
 
-    @contextmanager
-    def bounded_once_stopping(self) -> Generator[anyio.CancelScope]:
+    def bounded_once_stopping(self) -> _Bounded:
         """A scope that a stop bounds by ``shutdown_timeout`` (bounded at once if stopping)."""
         scope = anyio.CancelScope()
         if self._holdings.stopping:
             scope.deadline = anyio.current_time() + self._settings.shutdown_timeout
-        self._bounded.add(scope)
-        try:
-            with scope:
-                yield scope
-        finally:
-            self._bounded.discard(scope)
+        return _Bounded(scope, self._bounded)
 
     async def _write_logged(self, job: Job[T], worker: int) -> None:
         try:
@@ -138,6 +129,25 @@ class Completer(Generic[T]):
                 "job %s on worker %d: outcome not recorded: %r; it runs again when its lease expires",
                 *(job.id, worker, error),
             )
+
+
+class _Bounded:
+    """Enters a write's scope and registers it with the stop, as a plain class: a
+    ``@contextmanager`` generator costs noticeably on a path taken once per job."""
+
+    __slots__ = ("_registry", "_scope")
+
+    def __init__(self, scope: anyio.CancelScope, registry: set[anyio.CancelScope]) -> None:
+        self._scope = scope
+        self._registry = registry
+
+    def __enter__(self) -> anyio.CancelScope:
+        self._registry.add(self._scope)
+        return self._scope.__enter__()
+
+    def __exit__(self, *exc_info: Any) -> bool:
+        self._registry.discard(self._scope)
+        return bool(self._scope.__exit__(*exc_info))
 
 
 def _log_unrecorded(job: Job[T], worker: int, bound: anyio.CancelScope) -> None:

@@ -11,13 +11,13 @@ step during a run does not move the stored lease either.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Generic, TypeVar
 
 import anyio
 
-from ._job import Job
+from ._job import Job, evolved
 
 T = TypeVar("T")
 
@@ -61,8 +61,8 @@ class Held(Generic[T]):
         """
         visible_after = self.job.visible_after
         if visible_after is None:
-            return replace(self.job, visible_after=wall_now + visibility_timeout)
-        return replace(self.job, visible_after=visible_after + timedelta(seconds=now - self.anchor))
+            return evolved(self.job, visible_after=wall_now + visibility_timeout)
+        return evolved(self.job, visible_after=visible_after + timedelta(seconds=now - self.anchor))
 
 
 class Holdings(Generic[T]):

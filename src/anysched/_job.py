@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import secrets
 import uuid
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta
 from enum import Enum
-from typing import Generic, TypeVar, cast
+from typing import Any, Generic, TypeVar, cast
 
 from ._time import Seconds, require_utc, to_seconds, utc_now
 
@@ -161,10 +161,26 @@ class Job(Generic[T]):
 
 
 def claimed(job: Job[T], now: datetime, visibility_timeout: timedelta) -> Job[T]:
-    """The job as a store hands it out: leased until ``now + visibility_timeout``, one more attempt."""
-    return replace(
-        job,
-        visible_after=now + visibility_timeout,
-        lease=new_lease_token(),
-        attempts=job.attempts + 1,
-    )
+    """The job as a store hands it out: leased until ``now + visibility_timeout``, one more attempt.
+
+    ``now`` must already be aware UTC (the stores check it): the copy skips the checks.
+    """
+    return evolved(job, visible_after=now + visibility_timeout, lease=new_lease_token(), attempts=job.attempts + 1)
+
+
+_FIELD_NAMES = tuple(field.name for field in fields(Job))
+
+
+def evolved(job: Job[T], **changes: Any) -> Job[T]:
+    """``dataclasses.replace`` for changes whose values are already checked, without checking them again.
+
+    The scheduler and the stores copy a job two or three times per run (claim, renewal, outcome);
+    ``replace`` re-runs every check of ``__post_init__`` each time, which the hot path pays for in
+    throughput. Times given here must be aware UTC and counts ints >= 0.
+    """
+    copy = cast("Job[T]", object.__new__(Job))
+    for name in _FIELD_NAMES:
+        object.__setattr__(copy, name, changes.pop(name) if name in changes else getattr(job, name))
+    if changes:
+        raise TypeError(f"Job has no field(s) {', '.join(sorted(changes))}")
+    return copy

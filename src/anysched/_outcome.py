@@ -6,12 +6,12 @@ and, once the handler is done, what is the job now (:func:`decide`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Generic, Literal, TypeVar
 
 from ._exceptions import FailJob, RetryJob, decisive, describe
-from ._job import Job, JobStatus
+from ._job import Job, JobStatus, evolved
 from ._retry import RetryPolicy
 
 T = TypeVar("T")
@@ -50,6 +50,12 @@ def max_attempts(job: Job[T], policy: RetryPolicy | None) -> int | None:
     return None if policy is None else policy.max_attempts
 
 
+def beyond_budget(job: Job[T], policy: RetryPolicy | None) -> bool:
+    """Whether this claim of ``job`` is beyond its last attempt (then :func:`out_of_attempts` says what)."""
+    budget = max_attempts(job, policy)
+    return budget is not None and job.attempts > budget
+
+
 def out_of_attempts(job: Job[T], policy: RetryPolicy | None, now: datetime) -> Outcome[T] | None:
     """The job failed for good, if this claim is beyond its last attempt; else ``None``.
 
@@ -78,7 +84,7 @@ def decide(job: Job[T], error: BaseException | None, policy: RetryPolicy | None,
     error = decisive(error)
     if isinstance(error, RetryJob):
         delay = retry_delay(job, policy) if error.delay is None else error.delay
-        given_back = replace(job, attempts=max(0, job.attempts - 1))
+        given_back = evolved(job, attempts=max(0, job.attempts - 1))
         return Outcome(_due_again(given_back, now, delay, error.reason), "postponed", delay, error.reason)
     message = error.reason if isinstance(error, FailJob) else describe_failure(error)
     budget = max_attempts(job, policy)
@@ -104,7 +110,7 @@ def describe_failure(error: BaseException) -> str:
 
 
 def _finished(job: Job[T], status: JobStatus, now: datetime, last_error: str | None) -> Job[T]:
-    return replace(job, status=status, processed_at=now, visible_after=None, last_error=last_error)
+    return evolved(job, status=status, processed_at=now, visible_after=None, last_error=last_error)
 
 
 def _due_again(job: Job[T], now: datetime, delay: float, why: str) -> Job[T]:
@@ -113,4 +119,4 @@ def _due_again(job: Job[T], now: datetime, delay: float, why: str) -> Job[T]:
         due = now + timedelta(seconds=delay)
     except OverflowError:  # a delay of millennia: the job waits forever rather than crash the worker
         due = datetime.max.replace(tzinfo=timezone.utc)
-    return replace(job, process_after=due, visible_after=None, last_error=why)
+    return evolved(job, process_after=due, visible_after=None, last_error=why)

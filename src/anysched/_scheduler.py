@@ -28,7 +28,7 @@ from ._fetcher import Fetcher
 from ._holdings import Held, Holdings
 from ._job import Job
 from ._lease import LeaseKeeper
-from ._outcome import out_of_attempts
+from ._outcome import beyond_budget, out_of_attempts
 from ._retry import Backoff, RetryPolicy
 from ._settings import Settings, check_handler, check_store
 from ._store import JobStore
@@ -289,8 +289,10 @@ class Scheduler(Generic[T]):
         held.worker = worker
         started = False
         try:
-            outcome = out_of_attempts(held.job, self._settings.retry, self._settings.now())
-            if outcome is not None:
+            outcome = None
+            if beyond_budget(held.job, self._settings.retry):
+                outcome = out_of_attempts(held.job, self._settings.retry, self._settings.now())
+                assert outcome is not None
                 logger.error("job %s: %s", held.job.id, outcome.message)
             else:
                 if not await self._leases.fresh_lease(held):
