@@ -27,7 +27,8 @@ JOBS = 1_000
 
 RUN_BOUND = 120
 """Bound on the run (``anyio.fail_after``, real seconds: threads, no mock clock). Measured under coverage
-on 2 cores (Python 3.11): 16-17 s at a load of 2, 32-35 s at 8, 52-55 s at 9."""
+on 2 cores (Python 3.11), test call at these odds: 17-24 s at a load of 1-2; 52-55 s at 9 (at the
+previous, lower odds)."""
 TEST_BOUND = 180
 """Bound on the test (pytest-timeout, wall seconds)."""
 
