@@ -45,7 +45,7 @@ async def test_chaos_on_mongo_loses_no_job_and_explains_every_extra_run(collecti
     # lost add_job replies a run) the check below that each happened would fail one run in four.
     # These odds make every one of them a handful (each hang stalls an instance until it is stopped:
     # the run takes longer with every one).
-    config = chaos.mongo_config(jobs=JOBS, p_hang=0.02, p_claim_cancelled=0.15, p_add_lost_reply=0.6)
+    config = chaos.mongo_config(jobs=JOBS, p_hang=0.04, p_claim_cancelled=0.15, p_add_lost_reply=0.6)
     with anyio.fail_after(RUN_BOUND):
         result = await chaos.run_chaos(config, MongoStore(collection, chaos.Work), store_name="mongo")
     print(result.table())
