@@ -26,7 +26,7 @@ JOBS = 250
 
 RUN_BOUND = 180
 """Bound on the run (``anyio.fail_after``, real seconds: real I/O, no mock clock). Measured under coverage
-on 2 cores (Python 3.11), test call at these odds: 32-34 s at a load of 1 (20-33 s at lower odds); at 9,
+on 2 cores (Python 3.11), test call at these odds: 23-53 s at a load of 2-3 (20-34 s at lower odds); at 9,
 42 s and 116 s (the loop lost 76 s to lag in that one)."""
 TEST_BOUND = 240
 """Bound on the test (pytest-timeout, wall seconds), the server's start (up to 30 s) included."""
