@@ -149,6 +149,18 @@ async def add_jobs(store: MemoryStore[int], count: int, *, due: datetime | None 
     return jobs
 
 
+async def foreign_cancellation() -> BaseException:
+    """A cancellation exception caught inside a scope that the caller itself cancelled: what a
+    handler raises when it lets out a cancellation that is not the scheduler's."""
+    with anyio.CancelScope() as scope:
+        scope.cancel()
+        try:
+            await anyio.lowlevel.checkpoint()
+        except anyio.get_cancelled_exc_class() as caught:
+            return caught
+    raise AssertionError("the cancelled scope did not cancel")
+
+
 async def until(predicate: Callable[[], bool]) -> None:
     """Wait until ``predicate()`` holds, for a state the scheduler reaches in its own time (a store
     write, a lease's end); bound it with ``fail_after``. Every other task runs first each round."""

@@ -18,7 +18,7 @@ import anyio.lowlevel
 import pytest
 
 from anysched import Job, JobStatus, MemoryStore, RetryPolicy, open_scheduler
-from support import FAST_RETRY, WrappedStore, peek, settled, until
+from support import FAST_RETRY, WrappedStore, foreign_cancellation, peek, settled, until
 
 if sys.version_info < (3, 11):
     from exceptiongroup import BaseExceptionGroup, ExceptionGroup
@@ -27,17 +27,6 @@ pytestmark = pytest.mark.anyio
 
 Clock = Callable[[], datetime]
 Handler = Callable[[Job[str]], Awaitable[None]]
-
-
-async def foreign_cancellation() -> BaseException:
-    """A cancellation exception caught inside a scope that the handler itself cancelled."""
-    with anyio.CancelScope() as scope:
-        scope.cancel()
-        try:
-            await anyio.lowlevel.checkpoint()
-        except anyio.get_cancelled_exc_class() as caught:
-            return caught
-    raise AssertionError("the cancelled scope did not cancel")
 
 
 async def run_jobs(store: MemoryStore[str], handler: Handler, clock: Clock, *ids: str, **options: object) -> None:

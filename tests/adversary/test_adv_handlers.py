@@ -14,6 +14,7 @@ import pytest
 from adv_support import peek, settled, until
 
 from anysched import Job, JobStatus, MemoryStore, Scheduler, open_scheduler
+from support import foreign_cancellation
 
 if sys.version_info < (3, 11):
     from exceptiongroup import BaseExceptionGroup, ExceptionGroup
@@ -38,23 +39,13 @@ async def run_all(
     return scheduler
 
 
-async def captured_cancellation() -> BaseException:
-    with anyio.CancelScope() as scope:
-        scope.cancel()
-        try:
-            await anyio.lowlevel.checkpoint()
-        except anyio.get_cancelled_exc_class() as caught:
-            return caught
-    raise AssertionError("unreachable")
-
-
 async def test_a_cancellation_captured_in_one_job_raised_in_later_jobs(clock: Clock) -> None:
     store = MemoryStore[str]()
     kept: list[BaseException] = []
 
     async def handler(job: Job[str]) -> None:
         if not kept:
-            kept.append(await captured_cancellation())
+            kept.append(await foreign_cancellation())
         if job.payload.startswith("bad"):
             raise kept[0]  # the same exception object, raised again and again
 
@@ -69,7 +60,7 @@ async def test_nested_groups_with_a_cancellation_deep_inside_are_failures(clock:
     store = MemoryStore[str]()
 
     async def handler(job: Job[str]) -> None:
-        cancel = await captured_cancellation()
+        cancel = await foreign_cancellation()
         raise BaseExceptionGroup("outer", [BaseExceptionGroup("inner", [cancel, ValueError("x")]), KeyError("k")])
 
     await run_all(store, handler, clock, ["g"], workers=1)

@@ -13,7 +13,7 @@ import sqlite3
 import stat
 import sys
 import traceback
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -32,29 +32,6 @@ from anysched.testing import _job as job
 pytestmark = pytest.mark.anyio
 
 CARD = "4111111111111111"
-
-
-@pytest.fixture(params=["asyncio", "trio"])
-def anyio_backend(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
-@pytest.fixture
-def db(tmp_path: Path) -> Path:
-    return tmp_path / "jobs.db"
-
-
-@pytest.fixture
-async def store(db: Path) -> AsyncIterator[SQLiteStore[Payload]]:
-    async with SQLiteStore(db, Payload) as store:
-        yield store
-
-
-@pytest.fixture
-def raw(db: Path) -> Iterator[sqlite3.Connection]:
-    connection = sqlite3.connect(db, isolation_level=None)
-    yield connection
-    connection.close()
 
 
 @pytest.fixture(autouse=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -40,30 +40,6 @@ from anysched.testing import _job as job
 from support import RetryScenario
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture(params=["asyncio", "trio"])
-def anyio_backend(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
-@pytest.fixture
-def db(tmp_path: Path) -> Path:
-    return tmp_path / "jobs.db"
-
-
-@pytest.fixture
-async def store(db: Path) -> AsyncIterator[SQLiteStore[Payload]]:
-    async with SQLiteStore(db, Payload) as store:
-        yield store
-
-
-@pytest.fixture
-def raw(db: Path) -> Iterator[sqlite3.Connection]:
-    """A second, plain connection to the same file, for looking under the hood."""
-    connection = sqlite3.connect(db, isolation_level=None)
-    yield connection
-    connection.close()
 
 
 def completed(leased: Job[Payload], when: datetime) -> Job[Payload]:
