@@ -9,12 +9,9 @@ it as a cancellation would stop the whole scheduler, silently, and give the job 
 
 from __future__ import annotations
 
-import sys
-
 import anyio
 
-if sys.version_info < (3, 11):
-    from exceptiongroup import BaseExceptionGroup
+from ._exceptions import leaves
 
 
 def being_cancelled() -> bool:
@@ -33,9 +30,4 @@ def being_cancelled() -> bool:
 
 def is_control_flow(error: BaseException) -> bool:
     """``KeyboardInterrupt``, ``SystemExit`` or ``GeneratorExit`` (in a group too): never a handler's failure."""
-    if isinstance(error, (KeyboardInterrupt, SystemExit, GeneratorExit)):
-        return True
-    if isinstance(error, BaseExceptionGroup):
-        inner: tuple[BaseException, ...] = error.exceptions  # pyright: ignore[reportUnknownMemberType,reportUnknownVariableType]
-        return any(is_control_flow(leaf) for leaf in inner)
-    return False
+    return any(isinstance(leaf, (KeyboardInterrupt, SystemExit, GeneratorExit)) for leaf in leaves(error))

@@ -133,23 +133,21 @@ def decisive(error: BaseException) -> BaseException:
     if not isinstance(error, BaseExceptionGroup):
         return error
     group = cast("BaseExceptionGroup[BaseException]", error)
-    leaves = _leaves(group)
-    for leaf in leaves:
+    found = leaves(group)
+    for leaf in found:
         if isinstance(leaf, FailJob):
             return leaf
-    if all(isinstance(leaf, RetryJob) for leaf in leaves):
-        return leaves[0]
+    if all(isinstance(leaf, RetryJob) for leaf in found):
+        return found[0]
     return group
 
 
-def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
-    leaves: list[BaseException] = []
-    for error in group.exceptions:
-        if isinstance(error, BaseExceptionGroup):
-            leaves += _leaves(cast("BaseExceptionGroup[BaseException]", error))
-        else:
-            leaves.append(error)
-    return leaves
+def leaves(error: BaseException) -> list[BaseException]:
+    """The exceptions in ``error``, however deep its exception groups nest (``[error]`` for one)."""
+    if not isinstance(error, BaseExceptionGroup):
+        return [error]
+    group = cast("BaseExceptionGroup[BaseException]", error)
+    return [leaf for member in group.exceptions for leaf in leaves(member)]
 
 
 def describe(error: BaseException) -> str:

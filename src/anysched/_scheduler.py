@@ -23,6 +23,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from ._adding import add_job_once
 from ._completer import Completer
+from ._exceptions import leaves
 from ._executor import Executor, Handler
 from ._fetcher import Fetcher
 from ._holdings import Held, Holdings
@@ -318,13 +319,6 @@ back too) and propagates as itself."""
 
 def _only(group: BaseExceptionGroup[BaseException], exc: BaseException) -> bool:
     """Whether ``group`` holds ``exc`` and, besides it, nothing but cancellations."""
-    leaves = _leaves(group)
+    found = leaves(group)
     cancelled = anyio.get_cancelled_exc_class()
-    return any(leaf is exc for leaf in leaves) and all(leaf is exc or isinstance(leaf, cancelled) for leaf in leaves)
-
-
-def _leaves(error: BaseException) -> list[BaseException]:
-    if not isinstance(error, BaseExceptionGroup):
-        return [error]
-    inner: tuple[BaseException, ...] = error.exceptions  # pyright: ignore[reportUnknownMemberType,reportUnknownVariableType]
-    return [leaf for member in inner for leaf in _leaves(member)]
+    return any(leaf is exc for leaf in found) and all(leaf is exc or isinstance(leaf, cancelled) for leaf in found)
