@@ -165,7 +165,10 @@ async def until(predicate: Callable[[], bool]) -> None:
     """Wait until ``predicate()`` holds, for a state the scheduler reaches in its own time (a store
     write, a lease's end); bound it with ``fail_after``. Every other task runs first each round."""
     while not predicate():
-        await anyio.wait_all_tasks_blocked()
+        # Bounded: on asyncio, anyio checks every 0.1 s whether all tasks are blocked, in step with
+        # a lease keeper that wakes every 0.1 s (a 0.6 s lease), so it can find one awake forever.
+        with anyio.move_on_after(0.05):
+            await anyio.wait_all_tasks_blocked()
         if predicate():
             return
         await anyio.sleep(0.01)  # a timer (a lease, a backoff) is what the others wait for
