@@ -34,6 +34,7 @@ from ._signals import shutdown_on_signals as shutdown_on_signals
 from ._store import InspectsJobs as InspectsJobs
 from ._store import JobStore as JobStore
 from ._store import KnowsNextDueTime as KnowsNextDueTime
+from ._store import SendsWakeUps as SendsWakeUps
 from .stores.memory import MemoryStore as MemoryStore
 
 __all__ = (
@@ -57,6 +58,7 @@ __all__ = (
     "RetryPolicy",
     "Scheduler",
     "SchedulerStatistics",
+    "SendsWakeUps",
     "TransientStoreError",
     "UndecodableDocumentError",
     "open_scheduler",

@@ -7,6 +7,8 @@ job whose stored form cannot be decoded records as its ``last_error``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from datetime import datetime, timedelta
 from typing import Protocol, TypeVar, runtime_checkable
 
@@ -67,6 +69,32 @@ class KnowsNextDueTime(Protocol):
 
     async def next_due_time(self) -> datetime | None:
         """The earliest moment a pending job becomes claimable, or ``None`` if there is none."""
+        ...
+
+
+@runtime_checkable
+class SendsWakeUps(Protocol):
+    """Optional: a store that can tell a scheduler when another process may have made a job claimable.
+
+    An idle fetcher sleeps until the next due time or ``fetch_interval``; a job added by another
+    process would wait that long. A store with this capability listens to its database
+    (PostgreSQL ``LISTEN/NOTIFY``, MongoDB change streams, SQLite's ``PRAGMA data_version``)
+    and calls ``wake`` so the fetcher claims at once.
+
+    Wake-ups are hints: a missed or spurious one costs at most a ``fetch_interval`` or one
+    empty claim, never correctness.
+    """
+
+    def wake_ups(self, wake: Callable[[], None]) -> AbstractAsyncContextManager[None]:
+        """Listen for the length of the ``async with`` block, calling ``wake()`` when a job may
+        have become claimable (added, released, retried, or its due time moved).
+
+        ``wake`` is cheap, synchronous, never raises and may be called from the event loop's
+        thread only. Entering raises if the store cannot listen (say, a MongoDB server without
+        change streams); a listener that fails later raises out of the block. The scheduler
+        logs either, polls meanwhile, and listens again after its store backoff. The block
+        ends promptly when cancelled.
+        """
         ...
 
 
