@@ -94,12 +94,16 @@ class Recorder(Generic[T]):
         self._done_target = 0
         self._done = anyio.Event()
         self.finished = 0
+        self._started = anyio.Event()
+        """Set (and replaced) each time a run starts: any number of waiters may watch it."""
 
     async def __call__(self, job: Job[T]) -> None:
         self.runs[job.id] += 1
         self.order.append(job.id)
         self.started.append(job)
         self.running += 1
+        self._started.set()
+        self._started = anyio.Event()
         try:
             if self.gate is not None:
                 await self.gate.wait()
@@ -112,9 +116,13 @@ class Recorder(Generic[T]):
                 self._done.set()
 
     async def wait_running(self, count: int) -> None:
-        """Wait until ``count`` runs are inside the handler at once (bound it with ``fail_after``)."""
+        """Wait until ``count`` runs are inside the handler at once (bound it with ``fail_after``).
+
+        Woken by the handler itself, not by ``wait_all_tasks_blocked``: on asyncio that can find
+        a lease keeper awake for ever (see :func:`until`).
+        """
         while self.running < count:
-            await anyio.wait_all_tasks_blocked()
+            await self._started.wait()
 
     async def wait_finished(self, count: int) -> None:
         """Wait until ``count`` runs have finished (bound it with ``fail_after``)."""

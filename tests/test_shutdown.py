@@ -172,7 +172,7 @@ async def test_first_signal_shuts_down_gracefully(clock: Clock) -> None:
     with anyio.fail_after(30):
         async with open_scheduler(store, handler, workers=1, clock=clock) as scheduler, anyio.create_task_group() as tg:
             first_shutdown, _ = spy_on_shutdown(scheduler)
-            tg.start_soon(shutdown_on_signals, scheduler, signal.SIGUSR1)
+            await tg.start(shutdown_on_signals, scheduler, signal.SIGUSR1)
             await handler.wait_running(1)
             os.kill(os.getpid(), signal.SIGUSR1)
             await first_shutdown.wait()
@@ -192,7 +192,7 @@ async def test_second_signal_cancels_running_jobs(clock: Clock) -> None:
         async with anyio.create_task_group() as tg:
             first_shutdown, second_shutdown = spy_on_shutdown(scheduler)
             await tg.start(scheduler.run)
-            tg.start_soon(shutdown_on_signals, scheduler, signal.SIGUSR1)
+            await tg.start(shutdown_on_signals, scheduler, signal.SIGUSR1)
             await handler.wait_running(1)
             os.kill(os.getpid(), signal.SIGUSR1)
             await first_shutdown.wait()  # trio folds a signal sent twice before it is read
