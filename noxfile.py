@@ -79,7 +79,8 @@ def demo(session: nox.Session) -> None:
 @nox.session(python=PYTHONS[-1])
 def docs(session: nox.Session) -> None:
     """The documentation site, warnings as errors, then its code snippets run on asyncio and trio."""
-    session.install("-e", ".[trio,sqlite]", *nox.project.dependency_groups(PYPROJECT, "docs"))
+    # autodoc imports every store, so their drivers too
+    session.install("-e", ".[trio,sqlite,mongo]", *nox.project.dependency_groups(PYPROJECT, "docs"))
     # A fresh environment (-E): an incremental build does not repeat an unchanged page's warnings.
     session.run("sphinx-build", "-W", "--keep-going", "-n", "-E", "-q", "-b", "html", "docs", "docs/_build/html")
     session.run("python", "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_docs.py")

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import logging
+import pkgutil
 import re
 from importlib.metadata import version as _version
 from typing import TYPE_CHECKING
+
+from sphinx.pycode import ModuleAnalyzer
+
+import anysched
 
 if TYPE_CHECKING:
     from docutils.nodes import Element
@@ -54,15 +59,20 @@ nitpick_ignore_regex = [
 
 
 def _public_name(app: Sphinx, env: BuildEnvironment, node: pending_xref, contnode: Element) -> Element | None:
-    """Resolve ``anysched._job.Job`` (how a signature names a class) to ``anysched.Job``, where the
-    reference documents it: every private module's public names are re-exported from ``anysched``."""
-    target = node.get("reftarget", "")
-    match = re.fullmatch(r"anysched\._\w+\.(\w+)", target)
-    if node.get("refdomain") != "py" or match is None:
+    """Resolve what a signature names by a path the reference does not document.
+
+    ``anysched._job.Job`` (a private module, as annotations see it) becomes ``anysched.Job``: every
+    private module's public names are re-exported from ``anysched``. And a type alias (``Handler``,
+    ``Synchronous``), documented as data, is found as any object: Sphinx 9 does so by itself,
+    Sphinx 8 only looks for a class.
+    """
+    if node.get("refdomain") != "py":
         return None
-    node["reftarget"] = f"anysched.{match.group(1)}"
+    match = re.fullmatch(r"anysched\._\w+\.(\w+)", node.get("reftarget", ""))
+    if match is not None:
+        node["reftarget"] = f"anysched.{match.group(1)}"
     domain = env.get_domain("py")
-    return domain.resolve_xref(env, node["refdoc"], app.builder, node["reftype"], node["reftarget"], node, contnode)
+    return domain.resolve_xref(env, node["refdoc"], app.builder, "obj", node["reftarget"], node, contnode)
 
 
 class _GuidesGlobMayBeEmpty(logging.Filter):
@@ -75,6 +85,25 @@ class _GuidesGlobMayBeEmpty(logging.Filter):
         return not (record.msg == "toctree glob pattern %r didn't match any documents" and record.args == ("guides/*",))
 
 
+def _private_module_docstring(
+    app: Sphinx, what: str, name: str, obj: object, options: object, lines: list[str]
+) -> None:
+    """Give ``anysched.open_scheduler``, ``anysched.Handler`` and ``anysched.TRANSIENT_ERRORS`` the
+    docstring written under their assignment in a private module. autodoc looks for it in
+    ``anysched``, where they are only re-exported, and falls back to their value's docstring
+    (the class's, ``tuple``'s)."""
+    module, _, attribute = name.rpartition(".")
+    if what != "data" or module != "anysched":
+        return
+    for private in pkgutil.iter_modules(anysched.__path__, "anysched."):
+        if private.name.rpartition(".")[2].startswith("_"):
+            docs = ModuleAnalyzer.for_module(private.name).find_attr_docs()
+            if ("", attribute) in docs:
+                lines[:] = list(docs["", attribute])
+                return
+
+
 def setup(app: Sphinx) -> None:
     app.connect("missing-reference", _public_name)
+    app.connect("autodoc-process-docstring", _private_module_docstring)
     logging.getLogger("sphinx.sphinx.directives.other").addFilter(_GuidesGlobMayBeEmpty())
