@@ -13,7 +13,7 @@ import nox
 
 nox.needs_version = ">=2025.2.9"
 nox.options.default_venv_backend = "uv|virtualenv"
-nox.options.sessions = ["lint", "types", "tests", "coverage"]
+nox.options.sessions = ["lint", "types", "tests", "coverage", "docs"]
 
 PYPROJECT = nox.project.load_toml("pyproject.toml")
 PYTHONS = nox.project.python_versions(PYPROJECT)
@@ -74,6 +74,16 @@ def demo(session: nox.Session) -> None:
     """The demo: 20 jobs on the memory store, some failing, on asyncio (``-- --backend trio``)."""
     session.install("-e", ".[trio]")
     session.run("python", "examples/simple/main.py", *session.posargs)
+
+
+@nox.session(python=PYTHONS[-1])
+def docs(session: nox.Session) -> None:
+    """The documentation site, warnings as errors, then its code snippets run on asyncio and trio."""
+    # autodoc imports every store, so their drivers too
+    session.install("-e", ".[trio,sqlite,mongo]", *nox.project.dependency_groups(PYPROJECT, "docs"))
+    # A fresh environment (-E): an incremental build does not repeat an unchanged page's warnings.
+    session.run("sphinx-build", "-W", "--keep-going", "-n", "-E", "-q", "-b", "html", "docs", "docs/_build/html")
+    session.run("python", "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_docs.py")
 
 
 def _secantusd(session: nox.Session) -> str:
