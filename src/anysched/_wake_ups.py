@@ -11,7 +11,8 @@ scheduler cancels it first when it stops, so it never delays a shutdown.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from contextlib import asynccontextmanager
 
 import anyio
 
@@ -91,3 +92,29 @@ class WakeUpListener:
 
     def _long_enough(self) -> float:
         return to_seconds("store_backoff.maximum", self._backoff.maximum)
+
+
+@asynccontextmanager
+async def beside(listen: Callable[[], Awaitable[None]]) -> AsyncGenerator[None]:
+    """Run ``listen`` in a task for the length of the block: for a store's ``wake_ups``.
+
+    If it fails, the block is cancelled and the error raises out of it as itself, not inside an
+    exception group, so the scheduler's log can name it. When the block ends, the task is cancelled.
+    """
+    failure: list[Exception] = []
+
+    async def guarded() -> None:
+        try:
+            await listen()
+        except Exception as error:
+            failure.append(error)
+            tg.cancel_scope.cancel()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(guarded)
+        try:
+            yield
+        finally:
+            tg.cancel_scope.cancel()
+    if failure:
+        raise failure[0]

@@ -18,6 +18,8 @@ import anyio
 import anyio.from_thread
 import anyio.to_thread
 
+from .._wake_ups import beside
+
 
 @asynccontextmanager
 async def watch_commits(
@@ -39,15 +41,14 @@ async def watch_commits(
     connection, version = await anyio.to_thread.run_sync(partial(_start, connect, worth_waking))
     stop = threading.Event()
     poll = partial(_poll, connection, version, interval, stop, worth_waking, wake)
+    # A limiter of its own: the thread lives as long as the block, and must not hold one of the
+    # default limiter's tokens that the store's own calls share.
     try:
-        async with anyio.create_task_group() as tg:
-            # A limiter of its own: the thread lives as long as the block, and must not hold one of
-            # the default limiter's tokens that the store's own calls share.
-            tg.start_soon(partial(anyio.to_thread.run_sync, poll, limiter=anyio.CapacityLimiter(1)))
+        async with beside(partial(anyio.to_thread.run_sync, poll, limiter=anyio.CapacityLimiter(1))):
             try:
                 yield
             finally:
-                stop.set()  # before the task group waits for the thread: it ends at its next check
+                stop.set()  # before the thread is waited for: it ends at its next check
     finally:
         connection.close()
 
