@@ -14,9 +14,11 @@ from contextlib import asynccontextmanager
 from datetime import datetime
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 from anysched import Backoff, Job, MemoryStore, SendsWakeUps, open_scheduler
+from anysched._wake_ups import beside
 from support import Recorder, WrappedStore, until
 
 pytestmark = pytest.mark.anyio
@@ -216,3 +218,30 @@ async def test_a_listener_failing_does_not_stop_the_scheduler(clock: Clock) -> N
                 await scheduler.add_job(Job.create(n, id=f"job-{n}", process_after=clock()))
             await handler.wait_finished(3)
     assert set(handler.runs) == {"job-0", "job-1", "job-2"}
+
+
+async def test_a_stores_listener_that_fails_raises_out_of_the_block_as_itself() -> None:
+    """``beside``, the helper the stores' ``wake_ups`` use: no exception group for the log to name."""
+
+    async def listen() -> None:
+        await anyio.lowlevel.checkpoint()
+        raise ConnectionResetError("gone")
+
+    with anyio.fail_after(10), pytest.raises(ConnectionResetError, match="gone"):
+        async with beside(listen):
+            await anyio.sleep_forever()
+
+
+async def test_a_stores_listener_is_cancelled_when_the_block_ends() -> None:
+    ended = anyio.Event()
+
+    async def listen() -> None:
+        try:
+            await anyio.sleep_forever()
+        finally:
+            ended.set()
+
+    with anyio.fail_after(10):
+        async with beside(listen):
+            await anyio.lowlevel.checkpoint()
+    assert ended.is_set()

@@ -15,11 +15,12 @@ from typing import Any
 import anyio
 import anyio.to_thread
 import pymongo
+import pymongo.collection
 import pytest
 from mongo_support import CLIENT_OPTIONS, DATABASE, Server
 from pymongo.errors import OperationFailure
 
-from anysched import Job, JobStatus, SendsWakeUps, open_scheduler
+from anysched import Job, JobStatus, SendsWakeUps, TransientStoreError, open_scheduler
 from anysched.stores.mongo import _WAKING_CHANGES, ChangeStreamsUnavailableError, MongoStore
 from anysched.testing import Payload
 from support import Recorder, until
@@ -118,3 +119,24 @@ def test_the_server_sends_only_changes_that_may_make_a_job_claimable(
                     seen.append((change["operationType"], change["documentKey"]["_id"]))
                 assert stream.alive
     assert seen == [("insert", "a"), ("insert", "b"), ("update", "b"), ("insert", "sentinel")]
+
+
+async def test_a_dropped_collection_ends_the_listener_with_a_transient_error(
+    payload_store: MongoStore[Payload], collection: Any
+) -> None:
+    await payload_store.add_job(Job.create(Payload(1), id="before"))  # the collection exists
+
+    async def listen_while_dropping() -> None:
+        async with payload_store.wake_ups(lambda: None):
+            await _drop(collection)
+            await anyio.sleep_forever()  # until the listener's failure cancels the block
+
+    with anyio.fail_after(15), pytest.raises(TransientStoreError, match="change stream ended"):
+        await listen_while_dropping()
+
+
+async def _drop(collection: Any) -> None:
+    if isinstance(collection, pymongo.collection.Collection):
+        await anyio.to_thread.run_sync(collection.drop)
+    else:
+        await collection.drop()
