@@ -1,9 +1,10 @@
-"""The scheduler: a fetcher, N workers and a lease keeper in one anyio task group.
+"""The scheduler: a fetcher, N workers, a lease keeper and a wake-up listener in one anyio task group.
 
 One job's path: the fetcher claims it (:mod:`._fetcher`) and streams it to a worker (here), whose
 executor runs the handler (:mod:`._executor`); the outcome policy decides what the attempt comes
 to (:mod:`._outcome`) and the completer writes it (:mod:`._completer`); meanwhile the lease keeper
-renews its lease (:mod:`._lease`). What the scheduler holds is in :mod:`._holdings`.
+renews its lease (:mod:`._lease`). What the scheduler holds is in :mod:`._holdings`. A store that
+sends wake-ups (:mod:`._wake_ups`) wakes an idle fetcher when another process adds a job.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from ._retry import Backoff, RetryPolicy
 from ._settings import Settings, check_handler, check_store
 from ._store import JobStore
 from ._time import Seconds, utc_now
+from ._wake_ups import WakeUpListener, wake_ups_of
 
 if sys.version_info < (3, 11):
     from exceptiongroup import BaseExceptionGroup
@@ -51,12 +53,14 @@ class SchedulerStatistics:
     :param buffered: leased jobs waiting in the stream for a free worker
     :param running: handlers running
     :param renewing: lease renewals in flight
+    :param listening: whether the store's wake-ups are being listened to right now
     """
 
     held: int
     buffered: int
     running: int
     renewing: int
+    listening: bool = False
 
 
 class Scheduler(Generic[T]):
@@ -88,6 +92,9 @@ class Scheduler(Generic[T]):
         overrides it. It may exceed ``visibility_timeout``: leases are renewed.
     :param clock: returns the current wall-clock time (timezone-aware), for what is stored;
         renewals and deadlines run on the event loop's monotonic clock
+    :param wake_ups: when the store sends wake-ups (:class:`~anysched.SendsWakeUps`), listen
+        to them, so a job another process adds starts at once instead of within
+        ``fetch_interval``; ``False`` turns that off (the fetcher then polls)
     """
 
     def __init__(
@@ -104,6 +111,7 @@ class Scheduler(Generic[T]):
         retry: RetryPolicy | None = None,
         job_timeout: Seconds | None = None,
         clock: Callable[[], datetime] = utc_now,
+        wake_ups: bool = True,
     ) -> None:
         check_store(store)
         check_handler(handler)
@@ -117,6 +125,7 @@ class Scheduler(Generic[T]):
             retry=retry,
             job_timeout=job_timeout,
             clock=clock,
+            wake_ups=wake_ups,
         )
         self._store = store
         self._holdings = Holdings[T]()
@@ -124,6 +133,7 @@ class Scheduler(Generic[T]):
         self._executor = Executor(handler, settings, self._holdings)
         self._leases = LeaseKeeper(settings, self._holdings, self._completer)
         self._fetcher: Fetcher[T] | None = None  # made by run(): it needs the event loop
+        self._listener: WakeUpListener | None = None  # made by run(), if the store sends wake-ups
         self._started = False
         self._stopped: anyio.Event | None = None
         self._scope: anyio.CancelScope | None = None
@@ -143,6 +153,9 @@ class Scheduler(Generic[T]):
         self._started = True
         self._stopped = anyio.Event()
         self._fetcher = fetcher = Fetcher(self._store, self._settings, self._holdings, self._completer)
+        sender = wake_ups_of(self._store, enabled=self._settings.wake_ups)
+        if sender is not None:
+            self._listener = WakeUpListener(sender, fetcher.wake, self._settings.store_backoff)
         if self._holdings.stopping:  # shut down before it ran: start nothing new
             fetcher.stop()
         # Room for every job the scheduler may hold, so send_nowait never blocks.
@@ -174,6 +187,8 @@ class Scheduler(Generic[T]):
         holdings.stopping = True
         if self._fetcher is None:
             return  # run() will start nothing
+        if self._listener is not None:
+            self._listener.stop()  # first: a hint source must not delay the stop
         if first or cancel_running:  # a second, impatient stop gets its own time for its hand-backs
             holdings.stop_deadline = anyio.current_time() + self._settings.shutdown_timeout
             self._completer.stop(holdings.stop_deadline)
@@ -204,7 +219,8 @@ class Scheduler(Generic[T]):
         buffered = 0 if self._buffer is None else self._buffer.statistics().current_buffer_used
         running = self._holdings.running
         renewing = sum(1 for held in running if held.renewal is not None)
-        return SchedulerStatistics(self._holdings.held, buffered, len(running), renewing)
+        listening = self._listener is not None and self._listener.listening
+        return SchedulerStatistics(self._holdings.held, buffered, len(running), renewing, listening)
 
     async def __aenter__(self) -> Scheduler[T]:
         """Start the scheduler in a task group of its own, for the length of the block."""
@@ -247,13 +263,15 @@ class Scheduler(Generic[T]):
     ) -> None:
         async with anyio.create_task_group() as outer:
             outer.start_soon(self._leases.keep, outer, name="anysched-lease-keeper")
+            if self._listener is not None and not self._holdings.stopping:
+                outer.start_soon(self._listener.run, name="anysched-wake-ups")
             async with anyio.create_task_group() as tg:
                 for worker in range(self._settings.workers):
                     tg.start_soon(self._work, fetcher, receive.clone(), worker, name=f"anysched-worker-{worker}")
                 tg.start_soon(fetcher.run, send, receive.clone(), name="anysched-fetcher")
                 logger.info("scheduler started with %d worker(s)", self._settings.workers)
                 task_status.started(self)
-            outer.cancel_scope.cancel()  # every worker is done: no lease left to keep
+            outer.cancel_scope.cancel()  # every worker is done: no lease left to keep, no fetcher to wake
 
     # -- the workers -------------------------------------------------------------------------
 

@@ -30,6 +30,7 @@ class Settings:
     :param retry: how failed jobs are retried (``None``: they are not)
     :param job_timeout: how long a handler may run (``None``: no limit)
     :param clock: the wall clock, for what is stored
+    :param wake_ups: listen to the store's wake-ups, when it sends them
     """
 
     workers: int
@@ -41,6 +42,7 @@ class Settings:
     retry: RetryPolicy | None
     job_timeout: float | None
     clock: Callable[[], datetime]
+    wake_ups: bool = True
 
     @classmethod
     def of(
@@ -55,6 +57,7 @@ class Settings:
         retry: RetryPolicy | None,
         job_timeout: Seconds | None,
         clock: Callable[[], datetime],
+        wake_ups: bool = True,
     ) -> Settings:
         """The settings for these options; a ``ValueError`` or ``TypeError`` names a bad one."""
         _check_count("workers", workers, minimum=1)
@@ -64,6 +67,8 @@ class Settings:
             raise TypeError(f"retry must be an anysched.RetryPolicy or None, not {type(retry).__name__}")
         if not callable(clock):
             raise TypeError("clock must be a callable returning a timezone-aware datetime")
+        if not isinstance(wake_ups, bool):  # pyright: ignore[reportUnnecessaryIsInstance]
+            raise TypeError(f"wake_ups must be a bool, not {type(wake_ups).__name__}")
         settings = cls(
             workers=workers,
             fetch_interval=to_seconds("fetch_interval", fetch_interval),
@@ -74,6 +79,7 @@ class Settings:
             retry=retry,
             job_timeout=None if job_timeout is None else to_seconds("job_timeout", job_timeout),
             clock=clock,
+            wake_ups=wake_ups,
         )
         settings._check_lease_can_be_renewed()
         return settings

@@ -92,8 +92,10 @@ class SendsWakeUps(Protocol):
         ``wake`` is cheap, synchronous, never raises and may be called from the event loop's
         thread only. Entering raises if the store cannot listen (say, a MongoDB server without
         change streams); a listener that fails later raises out of the block. The scheduler
-        logs either, polls meanwhile, and listens again after its store backoff. The block
-        ends promptly when cancelled.
+        logs either (the error's type only: its message may name a host), polls meanwhile, and
+        listens again after its store backoff. The block ends promptly when cancelled (the
+        scheduler cancels it first when it stops): do not shield a wait in its exit, and let a
+        thread that listens be abandoned or stop by itself within moments.
         """
         ...
 

@@ -4,7 +4,9 @@ Subclass :class:`StoreContract` in a test module and give it a ``store`` fixture
 returns an empty store for :class:`Payload` jobs; every test then runs against it on
 asyncio and trio (override ``anyio_backend`` for a store bound to one backend). The
 ``test_inspection_*`` tests check :class:`~anysched.InspectsJobs` on a store that implements
-it, and are skipped on one that does not::
+it, and are skipped on one that does not; the ``test_wake_ups_*`` tests check
+:class:`~anysched.SendsWakeUps` when the subclass also gives an ``other_store`` fixture (a second
+store object on the same database)::
 
     import pytest
     from anysched.testing import Payload, StoreContract
@@ -31,7 +33,7 @@ import pytest
 
 from ._exceptions import DuplicateJobError, JobNotFoundError, LeaseLostError
 from ._job import Job, JobStatus
-from ._store import InspectsJobs, JobStore
+from ._store import InspectsJobs, JobStore, SendsWakeUps
 
 __all__ = ("Payload", "StoreContract")
 
@@ -84,6 +86,12 @@ class StoreContract:
     @pytest.fixture
     def store(self) -> Any:
         raise NotImplementedError("a StoreContract subclass provides a `store` fixture")
+
+    @pytest.fixture
+    def other_store(self) -> Any:
+        """Optional: a second store object on ``store``'s database, as another process would have
+        (``None``: the wake-up tests are skipped)."""
+        return None
 
     async def test_is_a_job_store(self, store: JobStore[Payload]) -> None:
         assert isinstance(store, JobStore)
@@ -344,6 +352,19 @@ class StoreContract:
         ]
         with pytest.raises(ValueError, match="completed_before"):
             await inspect.purge(completed_before=_at(3600).replace(tzinfo=None))
+
+    async def test_wake_ups_another_store_adding_a_job_wakes_the_listener(
+        self, store: JobStore[Payload], other_store: JobStore[Payload] | None
+    ) -> None:
+        if not isinstance(store, SendsWakeUps):
+            pytest.skip(f"{type(store).__name__} does not implement anysched.SendsWakeUps (optional)")
+        if other_store is None:
+            pytest.skip("the StoreContract subclass gives no `other_store` fixture")
+        woken = anyio.Event()
+        with anyio.fail_after(10):  # real I/O: the suite runs on the real clock
+            async with store.wake_ups(woken.set):
+                await other_store.add_job(Job.create(Payload(1), process_after=datetime.now(timezone.utc)))
+                await woken.wait()
 
     async def _check_outcome_kept(self, store: JobStore[Payload], leased: Job[Payload], outcome: str) -> None:
         """The job is claimable again as ``outcome`` left it: never, at once, or after its retry delay."""

@@ -29,6 +29,12 @@ class MongoContract(StoreContract):
         async with open_collection(self.flavour, mongo_server.uri, collection_name) as collection:
             yield MongoStore(collection, Payload, claim=self.claim)
 
+    @pytest.fixture
+    async def other_store(self, mongo_server: Server, collection_name: str) -> AsyncIterator[MongoStore[Payload]]:
+        """A second client's store on the same collection."""
+        async with open_collection(self.flavour, mongo_server.uri, collection_name) as collection:
+            yield MongoStore(collection, Payload, claim=self.claim)
+
 
 class TestPyMongoSync(MongoContract):
     """Sync PyMongo in worker threads, on asyncio and trio (the suite's own ``anyio_backend``)."""

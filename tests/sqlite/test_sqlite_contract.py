@@ -17,6 +17,11 @@ class TestSQLiteStoreContract(StoreContract):
         async with SQLiteStore(tmp_path / "jobs.db", Payload) as store:
             yield store
 
+    @pytest.fixture
+    async def other_store(self, tmp_path: Path) -> AsyncIterator[SQLiteStore[Payload]]:
+        async with SQLiteStore(tmp_path / "jobs.db", Payload) as store:
+            yield store
+
 
 class TestSQLiteStoreContractWithoutReturning(StoreContract):
     """The claim SQLite < 3.35 gets: select, then update, in one write transaction."""

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable, Generator, Mapping
-from contextlib import contextmanager
+import threading
+from collections.abc import AsyncGenerator, Callable, Generator, Mapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, Final, Generic, Literal, Protocol, TypeVar
 
 import anyio
+import anyio.from_thread
 import anyio.to_thread
 
 try:
@@ -39,6 +41,7 @@ except ImportError as _missing:  # pragma: no cover -- tested in a subprocess wi
 
 from .._codec import PayloadCodec
 from .._exceptions import (
+    AnyschedError,
     DuplicateJobError,
     JobNotFoundError,
     PayloadError,
@@ -52,11 +55,20 @@ from .._store import check_list_arguments as _check_list_arguments
 from .._store import undecodable_last_error as _undecodable_last_error
 from .._store import update_refused as _update_refused
 from .._time import Seconds, require_utc, to_seconds
+from .._wake_ups import beside
 
 if TYPE_CHECKING:
     from motor.motor_asyncio import AsyncIOMotorCollection
 
-__all__ = ("CLAIM_INDEX", "NEXT_DUE_INDEX", "TTL_INDEX", "ClaimMode", "MongoStore", "UndecodableDocumentError")
+__all__ = (
+    "CLAIM_INDEX",
+    "NEXT_DUE_INDEX",
+    "TTL_INDEX",
+    "ChangeStreamsUnavailableError",
+    "ClaimMode",
+    "MongoStore",
+    "UndecodableDocumentError",
+)
 
 T = TypeVar("T")
 _Document = dict[str, Any]
@@ -105,6 +117,40 @@ _TRANSIENT_CODES = frozenset(
 """Server error codes that mean "try again later" (the drivers' retryable-error list)."""
 
 _TRANSIENT_LABELS = ("RetryableWriteError", "TransientTransactionError")
+_NO_CHANGE_STREAMS = frozenset({40573})
+"""``Location40573``: "The $changeStream stage is only supported on replica sets" (a standalone server)."""
+_WATCH_WAIT_MS = 200
+"""How long a threaded change stream's ``try_next`` waits for a change: the thread checks its stop
+flag that often (a cancelled block abandons the thread at once; it ends within this)."""
+_WAKING_CHANGES: Final[list[_Document]] = [
+    {
+        "$match": {
+            "$or": [
+                {"operationType": {"$in": ["insert", "replace"]}},
+                # A lease that ends without an outcome (a release, a retry); not a claim or a
+                # renewal (they set visible_after), not a job that finished.
+                {
+                    "operationType": "update",
+                    "updateDescription.updatedFields.visible_after": {"$type": "null"},
+                    "updateDescription.updatedFields.status": {"$nin": ["completed", "failed"]},
+                },
+            ]
+        }
+    },
+    {"$project": {"_id": 1}},  # the resume token only: no document travels
+]
+"""The changes that may make a job claimable: the change stream's filter, run by the server."""
+
+
+class ChangeStreamsUnavailableError(AnyschedError, RuntimeError):
+    """The MongoDB server has no change streams (a standalone server: they need a replica set),
+    so :meth:`MongoStore.wake_ups` cannot listen; the scheduler polls instead."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "this MongoDB server does not support change streams (they need a replica set or a sharded "
+            "cluster): no wake-ups, the scheduler polls every fetch_interval"
+        )
 
 
 # -- errors ------------------------------------------------------------------------------------
@@ -169,6 +215,7 @@ class _Driver(Protocol):
     async def find_one(self, query: _Document) -> _Document | None: ...
     async def count(self, query: _Document) -> int: ...
     async def create_index(self, keys: list[tuple[str, int]], **options: Any) -> None: ...
+    def listen(self, pipeline: list[_Document], wake: Callable[[], None]) -> AbstractAsyncContextManager[None]: ...
 
 
 class _AwaitingDriver:
@@ -221,6 +268,25 @@ class _AwaitingDriver:
     async def create_index(self, keys: list[tuple[str, int]], **options: Any) -> None:
         await self._collection.create_index(keys, **options)
 
+    @asynccontextmanager
+    async def listen(self, pipeline: list[_Document], wake: Callable[[], None]) -> AsyncGenerator[None]:
+        if _is_motor_collection(self._collection):
+            # Motor opens a change stream only at its first read, which waits for a change; its
+            # sync PyMongo collection opens it at once (so entering fails at once) in a thread.
+            async with _listen_in_thread(self._collection.delegate, pipeline, wake):
+                yield
+            return
+        stream = await self._collection.watch(pipeline)  # opened here: a server without them refuses now
+        async with stream:
+
+            async def forward() -> None:
+                async for _ in stream:
+                    wake()
+                raise _stream_ended()
+
+            async with beside(forward):
+                yield
+
 
 class _ThreadedDriver:
     """Sync PyMongo's ``Collection``: each call runs in a worker thread, on any anyio backend.
@@ -266,6 +332,50 @@ class _ThreadedDriver:
 
     async def create_index(self, keys: list[tuple[str, int]], **options: Any) -> None:
         await _in_thread(functools.partial(self._collection.create_index, keys, **options))
+
+    def listen(self, pipeline: list[_Document], wake: Callable[[], None]) -> AbstractAsyncContextManager[None]:
+        return _listen_in_thread(self._collection, pipeline, wake)
+
+
+@asynccontextmanager
+async def _listen_in_thread(
+    collection: Collection[_Document], pipeline: list[_Document], wake: Callable[[], None]
+) -> AsyncGenerator[None]:
+    """A sync PyMongo change stream, read in a thread of its own that calls ``wake`` on the event loop.
+
+    A cancelled block abandons the thread at once; it sees the stop flag within
+    ``_WATCH_WAIT_MS`` and closes the stream itself (a cursor is used by one thread only).
+    """
+    stream = await _in_thread(functools.partial(collection.watch, pipeline, max_await_time_ms=_WATCH_WAIT_MS))
+    stop = threading.Event()
+    forward = functools.partial(_forward_changes, stream, stop, wake)
+    read = functools.partial(
+        anyio.to_thread.run_sync, forward, abandon_on_cancel=True, limiter=anyio.CapacityLimiter(1)
+    )
+    async with beside(read):
+        try:
+            yield
+        finally:
+            stop.set()
+
+
+def _forward_changes(stream: Any, stop: threading.Event, wake: Callable[[], None]) -> None:
+    with stream:
+        while not stop.is_set():
+            if stream.try_next() is None:
+                if not stream.alive:
+                    raise _stream_ended()
+                continue
+            if stop.is_set():
+                return
+            try:
+                anyio.from_thread.run_sync(wake)
+            except RuntimeError:  # the event loop is gone: nobody to wake
+                return
+
+
+def _stream_ended() -> TransientStoreError:
+    return TransientStoreError("the MongoDB change stream ended (the collection was dropped or renamed?)")
 
 
 R = TypeVar("R")
@@ -412,6 +522,30 @@ class MongoStore(Generic[T]):
         with _translated("next_due_time"):
             found = await self._driver.find(_PENDING, sort=[("claimable_at", 1)], limit=1)
         return _utc(found[0]["claimable_at"]) if found else None
+
+    # -- wake-ups (anysched.SendsWakeUps) --------------------------------------------------------
+
+    @asynccontextmanager
+    async def wake_ups(self, wake: Callable[[], None]) -> AsyncGenerator[None]:
+        """Call ``wake`` when a job may have become claimable: a change stream on the collection
+        that the server filters to inserts and to leases that end without an outcome (releases
+        and retries); claims, renewals and finished jobs are not sent.
+
+        Async drivers read the stream on the event loop; sync PyMongo (and Motor, through
+        the sync collection it wraps) in a thread of its own.
+
+        :raises ChangeStreamsUnavailableError: the server has no change streams (a standalone
+            ``mongod``); the scheduler then polls, as without wake-ups
+        """
+        await self._ready()
+        try:
+            with _translated("watch"):
+                async with self._driver.listen(_WAKING_CHANGES, wake):
+                    yield
+        except OperationFailure as error:
+            if error.code in _NO_CHANGE_STREAMS:
+                raise ChangeStreamsUnavailableError() from None
+            raise
 
     # -- beyond the contract -------------------------------------------------------------------
 

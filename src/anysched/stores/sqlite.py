@@ -15,8 +15,8 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Generator, Iterable, Sequence
-from contextlib import contextmanager
+from collections.abc import AsyncGenerator, Callable, Generator, Iterable, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from datetime import datetime, timedelta, timezone
 from typing import Any, Final, Generic, Literal, TypeAlias, TypeVar, overload
 
@@ -38,7 +38,8 @@ from .._store import check_job as _check_job
 from .._store import check_list_arguments as _check_list_arguments
 from .._store import undecodable_last_error as _undecodable_last_error
 from .._store import update_refused as _update_refused
-from .._time import Seconds, require_utc, to_seconds
+from .._time import Seconds, require_utc, to_seconds, utc_now
+from ._sqlite_changes import watch_commits
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -181,6 +182,8 @@ class SQLiteStore(Generic[T]):
     :param synchronous: ``"full"`` (default) makes every commit durable across a power
         loss; ``"normal"`` is faster and still survives any process crash, but a power loss
         may undo the last commits (a job added or completed just before it)
+    :param wake_up_interval: how often :meth:`wake_ups` checks the file for another
+        connection's commit (a ``PRAGMA data_version``: a few microseconds, no lock)
     """
 
     @overload
@@ -192,6 +195,7 @@ class SQLiteStore(Generic[T]):
         busy_timeout: Seconds = ...,
         completed_ttl: Seconds | None = ...,
         synchronous: Synchronous = ...,
+        wake_up_interval: Seconds = ...,
     ) -> None: ...
     @overload
     def __init__(  # a type that is not a class, e.g. `int | str`: write `SQLiteStore[int | str](...)`
@@ -202,6 +206,7 @@ class SQLiteStore(Generic[T]):
         busy_timeout: Seconds = ...,
         completed_ttl: Seconds | None = ...,
         synchronous: Synchronous = ...,
+        wake_up_interval: Seconds = ...,
     ) -> None: ...
     def __init__(
         self,
@@ -211,6 +216,7 @@ class SQLiteStore(Generic[T]):
         busy_timeout: Seconds = 5.0,
         completed_ttl: Seconds | None = None,
         synchronous: Synchronous = "full",
+        wake_up_interval: Seconds = 0.01,
     ) -> None:
         self.path: str = os.fspath(path)
         """The database file's path."""
@@ -220,6 +226,7 @@ class SQLiteStore(Generic[T]):
         if synchronous not in ("full", "normal"):
             raise ValueError(f"synchronous must be 'full' or 'normal', got {synchronous!r}")
         self._synchronous: Synchronous = synchronous
+        self._wake_up_interval = to_seconds("wake_up_interval", wake_up_interval)
         self._use_returning = _HAS_RETURNING
         self._lock = threading.Lock()
         # One thread at a time: the others queue here instead of blocking pool threads on the lock.
@@ -310,6 +317,36 @@ class SQLiteStore(Generic[T]):
         """The earliest moment a pending job is claimable, or ``None`` when none is pending."""
         moment = await self._run(_next_due)
         return None if moment is None else _from_us(moment)
+
+    # -- wake-ups (anysched.SendsWakeUps) ------------------------------------------------------
+
+    @asynccontextmanager
+    async def wake_ups(self, wake: Callable[[], None]) -> AsyncGenerator[None]:
+        """Call ``wake`` when another connection (another process, another store object) commits
+        a change that may have made a job claimable: a job due now, or due earlier than any before.
+
+        A thread checks ``PRAGMA data_version`` on a connection of its own every
+        ``wake_up_interval``, and only after a change reads the earliest claimable moment. The
+        store's own claims, renewals and outcomes only move that moment later: a lone
+        scheduler is not woken by its own writes. A private ``":memory:"`` database has no
+        other connection: the block listens to nothing.
+        """
+        await self.open()
+        if self.path in ("", ":memory:"):
+            yield
+            return
+        async with watch_commits(self._watching_connection, self._wake_up_interval, _EarliestClaimable(), wake):
+            yield
+
+    def _watching_connection(self) -> sqlite3.Connection:
+        try:
+            connection = sqlite3.connect(
+                self.path, timeout=self._busy_timeout, isolation_level=None, check_same_thread=False
+            )
+            connection.execute("PRAGMA query_only = ON")
+        except sqlite3.Error as error:
+            raise _translate(error, self.path, "cannot be watched for changes") from error
+        return connection
 
     # -- inspection (anysched.InspectsJobs) ------------------------------------------------------
 
@@ -654,6 +691,20 @@ def _next_due(connection: sqlite3.Connection) -> int | None:
     ).fetchone()
     moments = [int(value) for value in (unleased and unleased[0], leased[0]) if value is not None]
     return min(moments, default=None)
+
+
+class _EarliestClaimable:
+    """Whether a committed change may have made a job claimable: the earliest moment a pending
+    job can be claimed is now (or past), or earlier than when it was last looked at."""
+
+    def __init__(self) -> None:
+        self._earliest: int | None = None
+
+    def __call__(self, connection: sqlite3.Connection) -> bool:
+        before, self._earliest = self._earliest, _next_due(connection)
+        if self._earliest is None:
+            return False
+        return self._earliest <= _to_us(utc_now()) or before is None or self._earliest < before
 
 
 def _select_one(connection: sqlite3.Connection, job_id: str) -> _Row | None:
