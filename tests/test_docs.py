@@ -172,7 +172,11 @@ def test_a_program_stops_cleanly_on_sigint(block: Block, backend: str, tmp_path:
 PUBLIC_MODULES = [
     "anysched",
     "anysched.testing",
-    *(module.name for module in pkgutil.iter_modules(anysched.stores.__path__, "anysched.stores.")),
+    *(
+        module.name
+        for module in pkgutil.iter_modules(anysched.stores.__path__, "anysched.stores.")
+        if not module.name.rpartition(".")[2].startswith("_")  # a store's private helpers
+    ),
 ]
 
 
