@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import importlib.util
 import random
-import sys
 from collections import Counter
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from pathlib import Path
-from types import ModuleType
 from typing import Any, Generic, TypeVar
 
 import anyio
@@ -236,18 +232,3 @@ class RetryScenario:
         assert (jobs["slow"].status, jobs["slow"].attempts) == (JobStatus.FAILED, 2)
         assert "JobTimeoutError" in str(jobs["slow"].last_error)
         assert (jobs["busy"].status, jobs["busy"].attempts) == (JobStatus.COMPLETED, 1)
-
-
-def load_bench_script(name: str) -> ModuleType:
-    """``bench/<name>.py`` as a module, loaded once: ``bench/`` is not on ``sys.path``."""
-    module_name = f"anysched_bench_{name}"
-    if module_name in sys.modules:
-        return sys.modules[module_name]
-    path = Path(__file__).resolve().parent.parent / "bench" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(module_name, path)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = module  # dataclasses look their module up while the file runs
-    spec.loader.exec_module(module)
-    return module
