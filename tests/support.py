@@ -6,7 +6,7 @@ import random
 from collections import Counter
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypedDict, TypeVar
 
 import anyio
 import anyio.lowlevel
@@ -26,6 +26,26 @@ from anysched import (
 from anysched.testing import Payload
 
 T = TypeVar("T")
+
+
+class RunOptions(TypedDict, total=False):
+    """The scheduler's keyword options but its clock and polling, which a test's run helper sets itself."""
+
+    workers: int
+    visibility_timeout: float | timedelta
+    shutdown_timeout: float | timedelta
+    buffer_size: int | None
+    store_backoff: Backoff
+    retry: RetryPolicy | None
+    job_timeout: float | timedelta | None
+
+
+class SchedulerOptions(RunOptions, total=False):
+    """The scheduler's keyword options, for a test that passes one set of them to several schedulers."""
+
+    fetch_interval: float | timedelta
+    clock: Callable[[], datetime]
+
 
 FAST_RETRY = Backoff(initial=0.001, maximum=0.01, jitter=0.001)
 """Store retries that cost little real time on asyncio (trio's mock clock makes any free)."""
