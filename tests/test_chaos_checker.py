@@ -1,4 +1,4 @@
-"""The chaos checker's ordering of one job's claims (``chaos_oracle.checker``), on hand-made records.
+"""The chaos checker's ordering of one job's claims (``chaos_oracle.rules``), on hand-made records.
 
 Claims are recorded when the claiming call returns; a store that claims in rounds (MongoStore's
 batch claim) can return after a later call that took the job over once its lease ended. The
@@ -11,8 +11,8 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 
 from anysched import JobStatus
-from chaos_oracle.checker import in_server_order, succession_anomalies
 from chaos_oracle.records import Claim, Write
+from chaos_oracle.rules import in_server_order, succession_anomalies
 
 T0 = datetime(2030, 1, 1, 0, 56, 33, 767000, tzinfo=timezone.utc)
 LEASE = timedelta(seconds=1)

@@ -14,24 +14,23 @@ from typing import Literal
 import anyio
 from anyio.abc import TaskGroup
 
-from anysched import FailJob, Job, JobNotFoundError, JobStore, MemoryStore, RetryJob, RetryPolicy, Scheduler
+from anysched import FailJob, Job, JobStore, MemoryStore, RetryJob, RetryPolicy, Scheduler
 
 from .checker import Checker
 from .clock import STEPPED_SLOT, LagMonitor, SteppedClock, chaos_clock
 from .config import ChaosConfig
-from .proxy import ChaosStore, GetsJobs, Process
+from .proxy import ChaosStore, Process, final_jobs
 from .records import Run, StopRequest
 from .result import ChaosResult
 from .workload import (
     BEHAVIOURS,
-    HANDLERS,
     POISON_OUTSIDE_CHAOS,
-    Action,
     Attempt,
     RunEnd,
     Work,
     cancel_requested,
     describe,
+    draw_action,
     why_cancelled,
 )
 
@@ -126,18 +125,6 @@ class ChaosRun:
 
     # -- the handler -----------------------------------------------------------------------------
 
-    def _decide(self, job: Job[Work], run_number: int) -> Action:
-        if job.id in self.poison:
-            return "kill"
-        c = self.config
-        draw = random.Random(f"{c.seed}/{job.id}/{run_number}").random()
-        for action, knob, _ in HANDLERS:
-            p: float = getattr(c, knob)
-            if draw < p:
-                return action
-            draw -= p
-        return "ok"
-
     def handler_for(self, incarnation: Incarnation) -> Callable[[Job[Work]], Awaitable[None]]:
         async def handle(job: Job[Work]) -> None:
             await self._handle(incarnation, job)
@@ -148,7 +135,7 @@ class ChaosRun:
         """Run the drawn behaviour and record how the run ended (and, if we cancelled it, why)."""
         number = self.runs_of[job.id]
         self.runs_of[job.id] += 1
-        action = self._decide(job, number)
+        action = "kill" if job.id in self.poison else draw_action(self.config, job.id, number)
         run = Run(job.id, job.lease, job.attempts, incarnation.name, action, chaos_clock(), began=anyio.current_time())
         self.runs.append(run)
         incarnation.running.add(run)
@@ -400,7 +387,7 @@ class ChaosRun:
             await self._drain()
             self.lag.stop()
         self.store.background = None
-        final = await _final_jobs(self.inner, self.ids)
+        final = await final_jobs(self.inner, self.ids)
         return Checker(self).check(
             final,
             finished_in_drain=len(self.finished_ids) - finished_in_chaos,
@@ -408,23 +395,6 @@ class ChaosRun:
             wall=time.perf_counter() - wall,
             cpu=time.process_time() - cpu,
         )
-
-
-async def _final_jobs(store: JobStore[Work], ids: list[str]) -> dict[str, Job[Work] | None]:
-    """Every job as the store has it now (``None``: not in the store)."""
-    if isinstance(store, MemoryStore):
-        held: dict[str, Job[Work]] = {job.id: job for job in store.jobs()}
-        return {job_id: held.get(job_id) for job_id in ids}
-    if not isinstance(store, GetsJobs):
-        raise TypeError(f"the chaos run cannot read jobs back from a {type(store).__name__}")
-    get_job: Callable[[str], Awaitable[Job[Work]]] = store.get_job
-    final: dict[str, Job[Work] | None] = {}
-    for job_id in ids:
-        try:
-            final[job_id] = await get_job(job_id)
-        except JobNotFoundError:
-            final[job_id] = None
-    return final
 
 
 async def run_chaos(

@@ -14,7 +14,7 @@ import anyio
 import anyio.lowlevel
 from anyio.abc import TaskGroup
 
-from anysched import Job, JobNotFoundError, JobStatus, JobStore, LeaseLostError, TransientStoreError
+from anysched import Job, JobNotFoundError, JobStatus, JobStore, LeaseLostError, MemoryStore, TransientStoreError
 
 from .clock import chaos_clock
 from .config import ChaosConfig
@@ -297,3 +297,20 @@ class Process:
     async def get_job(self, job_id: str) -> Job[Work]:
         """Read a job back (a scheduler does, to tell its own lost add_job reply from a duplicate)."""
         return await self.store.get_job(self, job_id)
+
+
+async def final_jobs(store: JobStore[Work], ids: list[str]) -> dict[str, Job[Work] | None]:
+    """Every job as the store has it now (``None``: not in the store)."""
+    if isinstance(store, MemoryStore):
+        held: dict[str, Job[Work]] = {job.id: job for job in store.jobs()}
+        return {job_id: held.get(job_id) for job_id in ids}
+    if not isinstance(store, GetsJobs):
+        raise TypeError(f"the chaos run cannot read jobs back from a {type(store).__name__}")
+    get_job: Callable[[str], Awaitable[Job[Work]]] = store.get_job
+    final: dict[str, Job[Work] | None] = {}
+    for job_id in ids:
+        try:
+            final[job_id] = await get_job(job_id)
+        except JobNotFoundError:
+            final[job_id] = None
+    return final

@@ -189,6 +189,17 @@ BEHAVIOURS: dict[Action, Behaviour] = {"ok": _quick, "kill": _poison}
 BEHAVIOURS.update((action, run) for action, _, run in HANDLERS)
 
 
+def draw_action(config: ChaosConfig, job_id: str, run_number: int) -> Action:
+    """What a job's handler does on its ``run_number``-th run (from 0): a seeded draw, the same every run."""
+    draw = random.Random(f"{config.seed}/{job_id}/{run_number}").random()
+    for action, knob, _ in HANDLERS:
+        p: float = getattr(config, knob)
+        if draw < p:
+            return action
+        draw -= p
+    return "ok"
+
+
 def cancel_requested() -> bool:
     """Whether a scope around us (the scheduler's: timeout, lost lease, shutdown, death) has been cancelled."""
     return anyio.current_effective_deadline() == -math.inf
