@@ -1,7 +1,9 @@
 """The chaos run: many jobs through several schedulers on a flaky store, with cancellations and process deaths.
 
 The command line of the chaos oracle, the package ``tests/chaos_oracle`` (its docstring tells what a run
-does and checks; the tests run it too). Same seed, same run: the figures printed are the checker's.
+does and checks; the tests run it too). The same seed makes the same draws (behaviours, faults, stops);
+the interleaving of tasks, and so the exact figures, still vary from run to run (trio shuffles its run
+queue; asyncio's timing is the machine's).
 
 Usage::
 
