@@ -52,6 +52,7 @@ there is no lag, so there both rules are enforced in full.
 The modules, one job each: ``config`` (the knobs), ``clock`` (the event loop's time as a wall clock, the
 stepped clock, the lag monitor), ``workload`` (the payload and the handlers' behaviours), ``records`` (what
 the store and the handlers record), ``proxy`` (the flaky store and each incarnation's process),
+``incarnation`` (one life of an instance, and how a handler run on it is performed and recorded),
 ``controller`` (the instances, their stops and deaths, the producer, the drain), ``checker`` (the record
 judged, into the figures), ``rules`` (the pure rules over one job's claims and runs), ``timing`` (the
 rules on stops and clock steps, with the lag's excuses) and ``result`` (the figures and the table).

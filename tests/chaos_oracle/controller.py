@@ -8,30 +8,27 @@ import random
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import Literal
 
 import anyio
 from anyio.abc import TaskGroup
 
-from anysched import FailJob, Job, JobStore, MemoryStore, RetryJob, RetryPolicy, Scheduler
+from anysched import Job, JobStore, MemoryStore, RetryPolicy, Scheduler
 
 from .checker import Checker
 from .clock import STEPPED_SLOT, LagMonitor, SteppedClock, chaos_clock
 from .config import ChaosConfig
+from .incarnation import Incarnation, perform
 from .proxy import ChaosStore, Process, final_jobs
 from .records import Run, StopRequest
 from .result import ChaosResult
 from .workload import (
-    BEHAVIOURS,
     POISON_OUTSIDE_CHAOS,
     Attempt,
-    RunEnd,
     Work,
     cancel_requested,
     describe,
     draw_action,
-    why_cancelled,
 )
 
 ACTIONS: tuple[str, ...] = ("cancel", "shutdown", "kill")
@@ -40,38 +37,6 @@ ACTIONS: tuple[str, ...] = ("cancel", "shutdown", "kill")
 
 async def _never_called(job: Job[Work]) -> None:
     raise AssertionError("the producer's scheduler only adds jobs")
-
-
-@dataclass(eq=False)
-class Incarnation:
-    """One life of one scheduler instance: its process proxy, its cancel scope, its fate."""
-
-    slot: int
-    number: int
-    process: Process
-    scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
-    scheduler: Scheduler[Work] | None = None
-    cancelling: bool = False
-    graceful: bool = False
-    dead: bool = False
-    drain: bool = False
-    running: set[Run] = field(default_factory=set[Run])
-    stops: list[StopRequest] = field(default_factory=list[StopRequest])
-    stopped: anyio.Event = field(default_factory=anyio.Event)
-    stopped_at: float | None = None
-
-    @property
-    def name(self) -> str:
-        return "drain" if self.drain else f"i{self.slot}.{self.number}"
-
-    @property
-    def alive(self) -> bool:
-        """Not dead, not asked to stop."""
-        return not (self.dead or self.cancelling or self.graceful)
-
-    def why_cancelled(self, deadline: float) -> RunEnd:
-        """Why a run of this incarnation was cancelled, given its job timeout's ``deadline``."""
-        return why_cancelled(dead=self.dead, cancelling=self.cancelling, deadline=deadline)
 
 
 class ChaosRun:
@@ -138,7 +103,6 @@ class ChaosRun:
         action = "kill" if job.id in self.poison else draw_action(self.config, job.id, number)
         run = Run(job.id, job.lease, job.attempts, incarnation.name, action, chaos_clock(), began=anyio.current_time())
         self.runs.append(run)
-        incarnation.running.add(run)
         if len(self.runs) >= self._wake_at:
             self._progress.set()
         # The scheduler's job-timeout deadline, exactly: a cancellation at or past it is the
@@ -150,30 +114,7 @@ class ChaosRun:
             random.Random(f"{self.config.seed}/{job.id}/{number}/length"),
             lambda: self._die_of_poison(incarnation),
         )
-        try:
-            await BEHAVIOURS[action](attempt)
-            run.kind = "completed"
-        except anyio.get_cancelled_exc_class():
-            foreign = attempt.foreign and not cancel_requested()
-            run.kind = "error" if foreign else incarnation.why_cancelled(deadline)
-            raise
-        except BaseException as error:  # errors and groups, some with our cancellation inside
-            run.kind = "retry" if isinstance(error, RetryJob) else "fail" if isinstance(error, FailJob) else "error"
-            if cancel_requested():
-                run.kind, run.after_cancel = (
-                    incarnation.why_cancelled(deadline),
-                    "raised",
-                )
-            raise
-        else:
-            if cancel_requested():
-                run.kind, run.after_cancel = (
-                    incarnation.why_cancelled(deadline),
-                    "swallowed",
-                )
-        finally:
-            run.end, run.ended = chaos_clock(), anyio.current_time()
-            incarnation.running.discard(run)
+        await perform(run, attempt, incarnation, deadline)
 
     async def _die_of_poison(self, incarnation: Incarnation) -> None:
         if incarnation.drain:
