@@ -33,10 +33,11 @@ def lint(session: nox.Session) -> None:
 
 @nox.session(python=PYTHONS[0])
 def types(session: nox.Session) -> None:
-    """pyright and mypy, both strict, on src/, examples/ and the typing tests."""
+    """pyright and mypy, both strict, on src/, examples/, tests/ and bench/."""
     session.install("-e", EXTRAS, *nox.project.dependency_groups(PYPROJECT, "typing"))
     session.run("pyright")
     session.run("mypy")
+    session.run("mypy", "tests/mongo/conftest.py")  # a second `conftest` module for mypy: see pyproject
     session.run("pyright", "--verifytypes", "anysched", "--ignoreexternal")
 
 

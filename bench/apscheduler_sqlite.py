@@ -7,15 +7,19 @@ Usage: ``python bench/apscheduler_sqlite.py JOBS DB``.
 
 from __future__ import annotations
 
+import importlib
 import json
 import sys
 import time
 from typing import Any
 
 import anyio
-from apscheduler import AsyncScheduler  # type: ignore[import-not-found]
-from apscheduler.datastores.sqlalchemy import SQLAlchemyDataStore  # type: ignore[import-not-found]
-from sqlalchemy.ext.asyncio import create_async_engine  # type: ignore[import-not-found]
+
+# Imported by name: they are installed only in the peer's virtualenv, so a type checker run with
+# anysched's sees them as Any rather than as missing modules.
+AsyncScheduler: Any = importlib.import_module("apscheduler").AsyncScheduler
+SQLAlchemyDataStore: Any = importlib.import_module("apscheduler.datastores.sqlalchemy").SQLAlchemyDataStore
+create_async_engine: Any = importlib.import_module("sqlalchemy.ext.asyncio").create_async_engine
 
 state: dict[str, Any] = {"left": 0, "done": None}
 

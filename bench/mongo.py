@@ -18,7 +18,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, Callable, Generator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -50,7 +50,7 @@ class Row:
 
 
 @asynccontextmanager
-async def open_collection(flavour: str, uri: str) -> AsyncIterator[Any]:
+async def open_collection(flavour: str, uri: str) -> AsyncGenerator[Any, None]:
     name = f"bench_{uuid.uuid4().hex[:10]}"
     options: dict[str, Any] = {"tz_aware": True, "serverSelectionTimeoutMS": 5000}
     if flavour == "pymongo-async":
@@ -132,7 +132,7 @@ def report(rows: list[Row], server: str, args: argparse.Namespace) -> None:
 
 
 @contextmanager
-def server_uri() -> Iterator[tuple[str, str]]:
+def server_uri() -> Generator[tuple[str, str], None, None]:
     """The server to measure: MONGODB_URI's, or a SecantusDB started here and stopped after."""
     if uri := os.environ.get("MONGODB_URI"):
         yield uri, "the server at MONGODB_URI"
@@ -156,8 +156,7 @@ def server_uri() -> Iterator[tuple[str, str]]:
 
 
 def _wait_ready(uri: str, exited: Callable[[], int | None]) -> None:
-    client: pymongo.MongoClient[dict[str, Any]]
-    with pymongo.MongoClient(uri, serverSelectionTimeoutMS=30_000) as client:
+    with pymongo.MongoClient[dict[str, Any]](uri, serverSelectionTimeoutMS=30_000) as client:
         if exited() is None:
             client.admin.command("ping")
             build = client.admin.command("buildInfo")
@@ -171,7 +170,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=10, help="scheduler workers (default 10)")
     args = parser.parse_args()
     with server_uri() as (uri, server):
-        rows = []
+        rows: list[Row] = []
         for flavour, backend in FLAVOURS:
             for claim in CLAIMS:
                 rows.append(measure(uri, flavour, backend, claim, args))

@@ -39,7 +39,9 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
+import importlib
 import inspect
 import json
 import logging
@@ -56,9 +58,12 @@ import anyio
 import anysched
 from anysched import Job, MemoryStore, open_scheduler
 
+# Imported by name: an optional peer, not a dependency, so typed as Any whether it is installed or not.
+AsyncScheduler: Any
+MemoryDataStore: Any
 try:
-    from apscheduler import AsyncScheduler  # type: ignore[import-not-found, unused-ignore]
-    from apscheduler.datastores.memory import MemoryDataStore  # type: ignore[import-not-found, unused-ignore]
+    AsyncScheduler = importlib.import_module("apscheduler").AsyncScheduler
+    MemoryDataStore = importlib.import_module("apscheduler.datastores.memory").MemoryDataStore
 except ImportError:
     AsyncScheduler = MemoryDataStore = None
 
@@ -108,7 +113,7 @@ async def _scheduler_run(jobs: int, workers: int, store: MemoryStore[int] | None
     start = _clock()
     async with open_scheduler(store, handler, workers=workers, fetch_interval=0.05):
         await finish.done.wait()
-    completed = store.count(anysched.JobStatus.COMPLETED)
+    completed: object = store.count(anysched.JobStatus.COMPLETED)
     if inspect.isawaitable(completed):  # async in later builds; the bench also runs older trees (PYTHONPATH=...)
         completed = await completed
     if completed != jobs:  # the last outcome is written on shutdown
@@ -313,18 +318,18 @@ def main(argv: list[str] | None = None) -> int:
         for workers in args.workers:
             row: dict[str, Any] = {"backend": backend, "workers": workers, "jobs": args.jobs}
             row["scheduler"] = _best_rate(
-                backend, args.jobs, args.repeat, lambda w=workers: _scheduler_run(args.jobs, w)
+                backend, args.jobs, args.repeat, functools.partial(_scheduler_run, args.jobs, workers)
             )
             if not args.no_floors:
                 row["plain"] = _best_rate(
-                    backend, args.jobs, args.repeat, lambda w=workers: _floor_run(args.jobs, w, nowait=False)
+                    backend, args.jobs, args.repeat, functools.partial(_floor_run, args.jobs, workers, nowait=False)
                 )
                 row["nowait"] = _best_rate(
-                    backend, args.jobs, args.repeat, lambda w=workers: _floor_run(args.jobs, w, nowait=True)
+                    backend, args.jobs, args.repeat, functools.partial(_floor_run, args.jobs, workers, nowait=True)
                 )
             if aps:
                 row["apscheduler"] = _best_rate(
-                    backend, args.jobs, args.repeat, lambda w=workers: _apscheduler_run(args.jobs, w)
+                    backend, args.jobs, args.repeat, functools.partial(_apscheduler_run, args.jobs, workers)
                 )
             rows.append(row)
             if args.json:

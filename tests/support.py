@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
 import random
-import sys
 from collections import Counter
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from pathlib import Path
-from types import ModuleType
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypedDict, TypeVar
 
 import anyio
 import anyio.lowlevel
@@ -30,6 +26,26 @@ from anysched import (
 from anysched.testing import Payload
 
 T = TypeVar("T")
+
+
+class RunOptions(TypedDict, total=False):
+    """The scheduler's keyword options but its clock and polling, which a test's run helper sets itself."""
+
+    workers: int
+    visibility_timeout: float | timedelta
+    shutdown_timeout: float | timedelta
+    buffer_size: int | None
+    store_backoff: Backoff
+    retry: RetryPolicy | None
+    job_timeout: float | timedelta | None
+
+
+class SchedulerOptions(RunOptions, total=False):
+    """The scheduler's keyword options, for a test that passes one set of them to several schedulers."""
+
+    fetch_interval: float | timedelta
+    clock: Callable[[], datetime]
+
 
 FAST_RETRY = Backoff(initial=0.001, maximum=0.01, jitter=0.001)
 """Store retries that cost little real time on asyncio (trio's mock clock makes any free)."""
@@ -244,18 +260,3 @@ class RetryScenario:
         assert (jobs["slow"].status, jobs["slow"].attempts) == (JobStatus.FAILED, 2)
         assert "JobTimeoutError" in str(jobs["slow"].last_error)
         assert (jobs["busy"].status, jobs["busy"].attempts) == (JobStatus.COMPLETED, 1)
-
-
-def load_bench_script(name: str) -> ModuleType:
-    """``bench/<name>.py`` as a module, loaded once: ``bench/`` is not on ``sys.path``."""
-    module_name = f"anysched_bench_{name}"
-    if module_name in sys.modules:
-        return sys.modules[module_name]
-    path = Path(__file__).resolve().parent.parent / "bench" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(module_name, path)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = module  # dataclasses look their module up while the file runs
-    spec.loader.exec_module(module)
-    return module

@@ -1,4 +1,4 @@
-"""The chaos run (``bench/chaos.py``) as a test: 10,000 jobs on a flaky memory store, three schedulers
+"""The chaos run (``chaos_oracle``) as a test: 10,000 jobs on a flaky memory store, three schedulers
 cancelled, shut down and killed at random, handlers that fail, retry, time out and run long, and
 hostile ones (foreign cancellations, exception groups, errors from and swallowing of our cancellation);
 store calls that hang and writes that land late, claims cancelled after the store made them, lost
@@ -15,20 +15,12 @@ kind of chaos actually happened, so it cannot pass by doing nothing.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import anyio
 import pytest
 
-from support import load_bench_script
+import chaos_oracle as chaos
 
 pytestmark = [pytest.mark.anyio, pytest.mark.chaos, pytest.mark.usefixtures("quiet_logs")]
-
-
-if TYPE_CHECKING:
-    from bench import chaos
-else:
-    chaos = load_bench_script("chaos")
 
 JOBS = 10_000
 

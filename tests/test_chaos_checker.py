@@ -1,4 +1,4 @@
-"""The chaos checker's ordering of one job's claims (``bench/chaos.py``), on hand-made records.
+"""The chaos checker's ordering of one job's claims (``chaos_oracle.rules``), on hand-made records.
 
 Claims are recorded when the claiming call returns; a store that claims in rounds (MongoStore's
 batch claim) can return after a later call that took the job over once its lease ended. The
@@ -9,27 +9,22 @@ and must still report a pair that no order explains.
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING
 
 from anysched import JobStatus
-from support import load_bench_script
-
-if TYPE_CHECKING:
-    from bench import chaos
-else:
-    chaos = load_bench_script("chaos")
+from chaos_oracle.records import Claim, Write
+from chaos_oracle.rules import in_server_order, succession_anomalies
 
 T0 = datetime(2030, 1, 1, 0, 56, 33, 767000, tzinfo=timezone.utc)
 LEASE = timedelta(seconds=1)
 
 
-def _claim(lease: str, now: datetime, attempts: int, start_seq: int, end_seq: int) -> chaos.Claim:
-    return chaos.Claim("job", lease, now, now + LEASE, attempts, T0, start_seq, end_seq, "p")
+def _claim(lease: str, now: datetime, attempts: int, start_seq: int, end_seq: int) -> Claim:
+    return Claim("job", lease, now, now + LEASE, attempts, T0, start_seq, end_seq, "p")
 
 
-def _failed_write(claim: chaos.Claim, start_seq: int) -> None:
+def _failed_write(claim: Claim, start_seq: int) -> None:
     at = claim.now + timedelta(milliseconds=350)
-    claim.writes.append(chaos.Write("failed", at, None, claim.attempts, JobStatus.FAILED, start_seq, start_seq + 1))
+    claim.writes.append(Write("failed", at, None, claim.attempts, JobStatus.FAILED, start_seq, start_seq + 1))
 
 
 def test_a_claim_from_an_early_round_of_a_call_that_returned_last_is_ordered_first() -> None:
@@ -40,12 +35,12 @@ def test_a_claim_from_an_early_round_of_a_call_that_returned_last_is_ordered_fir
     later = _claim("f57d", T0 + timedelta(milliseconds=1322), attempts=7, start_seq=150, end_seq=180)
     _failed_write(later, start_seq=210)  # its outcome, sent after the slow call returned
     recorded = [later, slow]
-    assert len(chaos._succession_anomalies("job", later, slow)) == 2  # what the CI run reported
+    assert len(succession_anomalies("job", later, slow)) == 2  # what the CI run reported
 
-    ordered = chaos._in_server_order("job", recorded)
+    ordered = in_server_order("job", recorded)
 
     assert ordered == [slow, later]
-    assert chaos._succession_anomalies("job", slow, later) == []
+    assert succession_anomalies("job", slow, later) == []
 
 
 def test_calls_that_did_not_overlap_keep_their_order_and_are_reported() -> None:
@@ -53,8 +48,8 @@ def test_calls_that_did_not_overlap_keep_their_order_and_are_reported() -> None:
     _failed_write(first, start_seq=40)
     second = _claim("bbbb", T0, attempts=1, start_seq=30, end_seq=35)  # began after the first returned
 
-    assert chaos._in_server_order("job", [first, second]) == [first, second]
-    assert chaos._succession_anomalies("job", first, second) != []
+    assert in_server_order("job", [first, second]) == [first, second]
+    assert succession_anomalies("job", first, second) != []
 
 
 def test_two_overlapping_claims_that_no_order_explains_are_still_reported() -> None:
@@ -63,8 +58,8 @@ def test_two_overlapping_claims_that_no_order_explains_are_still_reported() -> N
     two = _claim("bbbb", T0 + timedelta(milliseconds=100), attempts=3, start_seq=15, end_seq=25)
     _failed_write(one, start_seq=40)
 
-    ordered = chaos._in_server_order("job", [two, one])
+    ordered = in_server_order("job", [two, one])
 
     assert ordered == [two, one]
-    assert chaos._succession_anomalies("job", two, one) != []
-    assert chaos._succession_anomalies("job", one, two) != []
+    assert succession_anomalies("job", two, one) != []
+    assert succession_anomalies("job", one, two) != []

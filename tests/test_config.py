@@ -67,7 +67,7 @@ def test_bad_options(options: dict[str, Any], error: type[Exception], message: s
 
 def test_options_are_keyword_only() -> None:
     with pytest.raises(TypeError):
-        Scheduler(MemoryStore[int](), handler, 5)  # type: ignore[misc]
+        Scheduler(MemoryStore[int](), handler, 5)  # type: ignore[call-arg]  # pyright: ignore[reportCallIssue]
 
 
 def test_durations_accept_seconds_and_timedeltas() -> None:
@@ -107,7 +107,7 @@ def test_a_sync_handler_is_refused() -> None:
         pass
 
     with pytest.raises(TypeError, match="handler must be an async function"):
-        Scheduler(MemoryStore[int](), sync_handler)  # type: ignore[arg-type]
+        Scheduler(MemoryStore[int](), sync_handler)  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
 
 
 def test_an_async_callable_object_is_a_handler() -> None:
@@ -124,7 +124,7 @@ def test_a_store_must_have_the_three_methods() -> None:
             pass
 
     with pytest.raises(TypeError, match="store must implement the JobStore protocol"):
-        Scheduler(NotAStore(), handler)  # type: ignore[arg-type]
+        Scheduler(NotAStore(), handler)  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
 
 
 @pytest.mark.anyio
@@ -190,7 +190,7 @@ class TestJob:
         with pytest.raises(ValueError, match="visible_after must be timezone-aware"):
             Job(1, visible_after=datetime(2030, 1, 1))
         with pytest.raises(TypeError, match="processed_at must be a datetime"):
-            Job(1, processed_at="2030-01-01")  # type: ignore[arg-type]
+            Job(1, processed_at="2030-01-01")  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
 
     def test_other_zones_are_converted_to_utc(self) -> None:
         tokyo = timezone(timedelta(hours=9))
@@ -199,11 +199,11 @@ class TestJob:
         assert job.process_after.tzinfo is timezone.utc
 
     def test_statuses_are_strings(self) -> None:
-        assert JobStatus.FAILED == "failed"
+        assert JobStatus.FAILED == "failed"  # type: ignore[comparison-overlap]  # a str enum: equal on purpose
         assert str(JobStatus.COMPLETED) == "completed"
-        assert Job(1, status="completed").status is JobStatus.COMPLETED  # type: ignore[arg-type]
+        assert Job(1, status="completed").status is JobStatus.COMPLETED  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
         with pytest.raises(ValueError, match="'done' is not a valid JobStatus"):
-            Job(1, status="done")  # type: ignore[arg-type]
+            Job(1, status="done")  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
 
     @pytest.mark.parametrize(
         ("field", "value"),
@@ -220,7 +220,7 @@ class TestJob:
     )
     def test_bad_fields(self, field: str, value: object) -> None:
         with pytest.raises(ValueError, match=field):
-            Job(1, **{field: value})  # type: ignore[arg-type]
+            Job(1, **{field: value})  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
 
     def test_a_jobs_own_limits(self) -> None:
         job = Job.create(1, max_attempts=5, timeout=timedelta(seconds=90))
@@ -230,7 +230,7 @@ class TestJob:
     def test_jobs_are_immutable(self) -> None:
         job = Job.create(1)
         with pytest.raises(AttributeError):
-            job.attempts = 3  # type: ignore[misc]
+            job.attempts = 3  # type: ignore[misc]  # pyright: ignore[reportAttributeAccessIssue]
 
 
 def test_a_jobs_repr_never_shows_its_payload() -> None:

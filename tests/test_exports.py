@@ -26,7 +26,7 @@ import pkgutil
 import types
 import typing
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import pytest
 
@@ -56,7 +56,7 @@ def _load(name: str) -> types.ModuleType:
 def _public_all(module: types.ModuleType) -> tuple[str, ...]:
     names = module.__dict__.get("__all__")
     assert isinstance(names, tuple), f"{module.__name__}.__all__ must be a tuple, not {type(names).__name__}"
-    return tuple(str(name) for name in names)
+    return tuple(str(name) for name in cast("tuple[object, ...]", names))
 
 
 class _Bindings:

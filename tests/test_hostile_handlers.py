@@ -12,13 +12,16 @@ from __future__ import annotations
 import sys
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 import anyio
-import anyio.lowlevel
 import pytest
 
 from anysched import Job, JobStatus, MemoryStore, RetryPolicy, open_scheduler
-from support import FAST_RETRY, WrappedStore, foreign_cancellation, peek, settled, until
+from support import FAST_RETRY, RunOptions, WrappedStore, foreign_cancellation, peek, settled, until
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack  # typing has it from Python 3.11
 
 if sys.version_info < (3, 11):
     from exceptiongroup import BaseExceptionGroup, ExceptionGroup
@@ -29,12 +32,14 @@ Clock = Callable[[], datetime]
 Handler = Callable[[Job[str]], Awaitable[None]]
 
 
-async def run_jobs(store: MemoryStore[str], handler: Handler, clock: Clock, *ids: str, **options: object) -> None:
+async def run_jobs(
+    store: MemoryStore[str], handler: Handler, clock: Clock, *ids: str, **options: Unpack[RunOptions]
+) -> None:
     """Add ``ids`` (due now) and run a scheduler until every one of them is finished, then stop it."""
     for job_id in ids:
         await store.add_job(Job.create(job_id, id=job_id, process_after=clock()))
     with anyio.fail_after(30):
-        async with open_scheduler(store, handler, clock=clock, fetch_interval=0.05, **options) as scheduler:  # type: ignore[arg-type]
+        async with open_scheduler(store, handler, clock=clock, fetch_interval=0.05, **options) as scheduler:
             await until(lambda: not (any(peek(store, job_id).status is JobStatus.PENDING for job_id in ids)))
             assert scheduler.statistics().running == 0
 

@@ -1,3 +1,6 @@
+# White-box tests: they read the store's private state and use anysched.testing's private helpers.
+# pyright: reportPrivateUsage=false
+
 from __future__ import annotations
 
 import random

@@ -23,7 +23,7 @@ from anysched import (
     open_scheduler,
 )
 from anysched.testing import Payload
-from support import FAST_RETRY, RetryScenario
+from support import FAST_RETRY, RetryScenario, SchedulerOptions
 
 pytestmark = pytest.mark.anyio
 
@@ -203,9 +203,15 @@ async def test_a_job_timeout_longer_than_the_lease_keeps_the_lease(clock: Clock)
         finished.set()
 
     await store.add_job(Job.create(1, process_after=clock(), id="long"))
-    options = {"visibility_timeout": 0.2, "store_backoff": FAST_RETRY, "job_timeout": 10, "clock": clock}
+    options: SchedulerOptions = {
+        "visibility_timeout": 0.2,
+        "store_backoff": FAST_RETRY,
+        "job_timeout": 10,
+        "clock": clock,
+        "retry": QUICK,
+    }
     with anyio.fail_after(30):
-        async with open_scheduler(store, long_handler, retry=QUICK, **options):  # type: ignore[arg-type]
+        async with open_scheduler(store, long_handler, **options):
             await finished.wait()
     job = await store.get_job("long")
     assert (job.status, job.attempts) == (JobStatus.COMPLETED, 1)

@@ -11,7 +11,7 @@ import anyio
 import pytest
 
 from anysched import Job, JobStatus, MemoryStore, Scheduler, open_scheduler
-from support import FAST_RETRY, Recorder, WrappedStore, add_jobs, checkpoints
+from support import FAST_RETRY, Recorder, SchedulerOptions, WrappedStore, add_jobs, checkpoints
 
 pytestmark = pytest.mark.anyio
 
@@ -158,7 +158,7 @@ async def test_a_permanent_store_error_stops_the_scheduler_and_surfaces(clock: C
         async def fetch_pending_jobs(self, now: datetime, limit: int, visibility_timeout: timedelta) -> list[Job[int]]:
             raise PermissionError("authentication failed")
 
-    with anyio.fail_after(30), pytest.RaisesGroup(PermissionError, flatten_subgroups=True):  # type: ignore[attr-defined]
+    with anyio.fail_after(30), pytest.RaisesGroup(PermissionError, flatten_subgroups=True):
         async with open_scheduler(BrokenStore(), Recorder[int](), clock=clock):
             await anyio.sleep_forever()
 
@@ -178,11 +178,16 @@ async def test_a_long_job_keeps_its_lease_and_runs_once(clock: Clock) -> None:
     async def other_handler(job: Job[int]) -> None:
         runs.append("second")
 
-    options = {"visibility_timeout": 0.3, "fetch_interval": 0.05, "store_backoff": FAST_RETRY, "clock": clock}
+    options: SchedulerOptions = {
+        "visibility_timeout": 0.3,
+        "fetch_interval": 0.05,
+        "store_backoff": FAST_RETRY,
+        "clock": clock,
+    }
     with anyio.fail_after(30):
-        async with open_scheduler(store, long_handler, **options):  # type: ignore[arg-type]
+        async with open_scheduler(store, long_handler, **options):
             await long_job_started.wait()
-            async with open_scheduler(store, other_handler, **options):  # type: ignore[arg-type]
+            async with open_scheduler(store, other_handler, **options):
                 await long_job_done.wait()  # the second scheduler polled all along
     assert runs == ["first"]
     assert (await store.get_job(job.id)).status is JobStatus.COMPLETED
@@ -242,9 +247,9 @@ async def test_a_renewal_stuck_when_its_handler_returns_does_not_cost_the_outcom
         await store.blocked.wait()
         returned.set()
 
-    options = {"visibility_timeout": 0.3, "store_backoff": FAST_RETRY, "clock": clock}
+    options: SchedulerOptions = {"visibility_timeout": 0.3, "store_backoff": FAST_RETRY, "clock": clock}
     with anyio.fail_after(30):
-        async with open_scheduler(store, handler, **options):  # type: ignore[arg-type]
+        async with open_scheduler(store, handler, **options):
             await returned.wait()
     assert (await store.inner.get_job(job.id)).status is JobStatus.COMPLETED
     assert store.calls["update_job"] == 2  # the stuck renewal, then the outcome
@@ -267,9 +272,9 @@ async def test_a_handler_that_ends_on_its_own_past_an_unanswered_renewal_has_its
             await anyio.sleep(0.4)  # past the lease's end (0.3 s)
         returned.set()
 
-    options = {"visibility_timeout": 0.3, "store_backoff": FAST_RETRY, "clock": clock}
+    options: SchedulerOptions = {"visibility_timeout": 0.3, "store_backoff": FAST_RETRY, "clock": clock}
     with anyio.fail_after(30):
-        async with open_scheduler(store, handler, **options):  # type: ignore[arg-type]
+        async with open_scheduler(store, handler, **options):
             await returned.wait()
     stored = await store.inner.get_job(job.id)
     assert (stored.status, stored.attempts) == (JobStatus.COMPLETED, 1)  # recorded, never claimed again

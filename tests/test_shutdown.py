@@ -54,13 +54,13 @@ async def test_leaving_the_block_waits_for_running_handlers(clock: Clock) -> Non
     store = MemoryStore[int]()
     await add_jobs(store, 3, due=clock())
     handler = Recorder[int]()
-    handler.gate = anyio.Event()
+    gate = handler.gate = anyio.Event()
     with anyio.fail_after(30):
         async with anyio.create_task_group() as tg:
 
             async def open_later() -> None:
                 await handler.wait_running(3)
-                handler.gate.set()
+                gate.set()
 
             tg.start_soon(open_later)
             async with open_scheduler(store, handler, workers=3, clock=clock):

@@ -285,7 +285,7 @@ async def test_a_job_whose_lease_is_lost_in_the_buffer_is_counted_once(clock: Cl
             assert scheduler.statistics().held == 2
             waiting = await store.inner.get_job(jobs[1].id)
             stolen = replace(waiting, visible_after=clock() + timedelta(hours=1), lease="thief")
-            store.inner._jobs[waiting.id] = stolen  # another process claimed it meanwhile
+            store.inner._jobs[waiting.id] = stolen  # pyright: ignore[reportPrivateUsage]  # claimed elsewhere meanwhile
             await anyio.sleep(0.2)  # over a third of its lease waited in the buffer
             handler.gate.set()
             await handler.wait_finished(1)

@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import replace
-from datetime import datetime
+from datetime import datetime, timedelta
+from typing import Any
 
 import anyio
 import pytest
@@ -90,8 +91,8 @@ async def test_more_jobs_than_asked_are_handed_back_and_none_lost(clock: Clock) 
         await inner.add_job(Job.create(f"j{n}", id=f"j{n}", process_after=clock()))
     original = inner.fetch_pending_jobs
 
-    async def greedy(now, limit, vt):  # type: ignore[no-untyped-def]
-        return await original(now, limit + 5, vt)
+    async def greedy(now: datetime, limit: int, visibility_timeout: timedelta) -> list[Job[str]]:
+        return await original(now, limit + 5, visibility_timeout)
 
     inner.fetch_pending_jobs = greedy  # type: ignore[method-assign]
     runs: Counter[str] = Counter()
@@ -115,7 +116,7 @@ async def test_claims_never_exceed_the_room(clock: Clock) -> None:
         await store.inner.add_job(Job.create(n, id=f"j{n}", process_after=clock()))
     over: list[tuple[int, int]] = []
 
-    async def check(op: str, call: int, args: tuple) -> None:  # type: ignore[type-arg]
+    async def check(op: str, call: int, args: tuple[Any, ...]) -> None:
         room = 3 + 2 - scheduler.statistics().held
         if args[1] > room:
             over.append((args[1], room))

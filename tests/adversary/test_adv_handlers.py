@@ -7,14 +7,17 @@ import sys
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 import anyio
-import anyio.lowlevel
 import pytest
 from adv_support import peek, settled, until
 
 from anysched import Job, JobStatus, MemoryStore, Scheduler, open_scheduler
-from support import foreign_cancellation
+from support import RunOptions, foreign_cancellation
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack  # typing has it from Python 3.11
 
 if sys.version_info < (3, 11):
     from exceptiongroup import BaseExceptionGroup, ExceptionGroup
@@ -26,11 +29,11 @@ Handler = Callable[[Job[str]], Awaitable[None]]
 
 
 async def run_all(
-    store: MemoryStore[str], handler: Handler, clock: Clock, ids: list[str], **options: object
+    store: MemoryStore[str], handler: Handler, clock: Clock, ids: list[str], **options: Unpack[RunOptions]
 ) -> Scheduler[str]:
     for job_id in ids:
         await store.add_job(Job.create(job_id, id=job_id, process_after=clock()))
-    scheduler = Scheduler(store, handler, clock=clock, fetch_interval=0.05, **options)  # type: ignore[arg-type]
+    scheduler = Scheduler(store, handler, clock=clock, fetch_interval=0.05, **options)
     with anyio.fail_after(20):
         async with anyio.create_task_group() as tg:
             await tg.start(scheduler.run)
@@ -88,7 +91,7 @@ async def test_control_flow_in_a_group_stops_the_scheduler_and_hands_every_job_b
             async with anyio.create_task_group() as tg:
                 await tg.start(scheduler.run)
         await scheduler.wait_stopped()
-    assert raised.group_contains(kind)  # type: ignore[attr-defined]
+    assert raised.group_contains(kind)
     assert settled(store)
     assert all(job.attempts == 0 for job in store.jobs())  # every attempt given back
     assert scheduler.statistics().held == 0
@@ -184,6 +187,7 @@ async def stops_silently(scheduler: Scheduler[str], store: MemoryStore[str], job
             return
         returned.set()
 
+    silent = False  # bound here too: a type checker cannot tell that a task group never swallows errors
     with anyio.fail_after(10):
         async with anyio.create_task_group() as tg:
             tg.start_soon(run)

@@ -17,7 +17,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -106,7 +106,9 @@ class Server:
 
     def _wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
-        with pymongo.MongoClient(self.uri, serverSelectionTimeoutMS=250, connectTimeoutMS=250) as client:
+        with pymongo.MongoClient[dict[str, Any]](
+            self.uri, serverSelectionTimeoutMS=250, connectTimeoutMS=250
+        ) as client:
             while True:
                 assert self.process is not None
                 if self.process.poll() is not None:
@@ -131,7 +133,7 @@ def launch_secantusd(tmp: Path, *, storage: str = ":memory:", durable: bool = Fa
 
 
 @asynccontextmanager
-async def open_collection(flavour: str, uri: str, name: str, **options: Any) -> AsyncIterator[Any]:
+async def open_collection(flavour: str, uri: str, name: str, **options: Any) -> AsyncGenerator[Any, None]:
     """A collection of ``name`` in the test database, through a fresh client of ``flavour``."""
     options = {**CLIENT_OPTIONS, **options}
     if flavour == "pymongo-async":

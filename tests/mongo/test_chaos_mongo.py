@@ -1,4 +1,4 @@
-"""The chaos run (``bench/chaos.py``) on a MongoStore: a few hundred jobs (what a test server takes in
+"""The chaos run (``chaos_oracle``) on a MongoStore: a few hundred jobs (what a test server takes in
 seconds) through three schedulers on a flaky proxy, cancelled, shut down and killed at random.
 
 Real I/O: no mock clock, timings sized for a slow server (see ``chaos.mongo_config``).
@@ -6,21 +6,15 @@ Real I/O: no mock clock, timings sized for a slow server (see ``chaos.mongo_conf
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import anyio
 import pytest
 
+import chaos_oracle as chaos
 from anysched.stores.mongo import MongoStore
-from support import load_bench_script
 
 pytestmark = [pytest.mark.anyio, pytest.mark.chaos, pytest.mark.usefixtures("quiet_logs")]
-
-
-if TYPE_CHECKING:
-    from bench import chaos
-else:
-    chaos = load_bench_script("chaos")
 
 JOBS = 250
 

@@ -5,6 +5,9 @@ jobs are won but not yet returned: the batch's read-back (or its ``update_many``
 is lost), or the k-th ``find_one_and_update``, before it reaches the server or after.
 """
 
+# White-box tests: they read the store's private state and use anysched.testing's private helpers.
+# pyright: reportPrivateUsage=false
+
 from __future__ import annotations
 
 import logging
@@ -62,7 +65,7 @@ async def _fetch_with_fault(store: MongoStore[Payload], point: Point, fault: str
     faulty = FaultyDriver(
         store._driver, point.method, inject, nth=point.nth, after_call=point.after_call, matching=point.matching
     )
-    store._driver = faulty  # type: ignore[assignment]
+    store._driver = faulty  # pyright: ignore[reportAttributeAccessIssue]
     try:
         with scope:
             if fault == "error":
@@ -103,9 +106,13 @@ async def test_a_hand_back_that_fails_too_is_logged_and_the_claims_error_raised(
     store = MongoStore(collection, Payload)
     for n in range(JOBS):
         await store.add_job(job(n, job_id=f"j{n}"))
+
     # the 1st update_many with an $inc is the claim's, the 2nd the hand-back's
-    releasing = FaultyDriver(store._driver, "update_many", raise_injected, nth=2, matching=lambda q, u: "$inc" in u)
-    store._driver = releasing  # type: ignore[assignment]
+    def increments(_query: object, update: dict[str, Any]) -> bool:
+        return "$inc" in update
+
+    releasing = FaultyDriver(store._driver, "update_many", raise_injected, nth=2, matching=increments)
+    store._driver = releasing  # pyright: ignore[reportAttributeAccessIssue]
     with anyio.fail_after(30):
         await _fetch_with_fault(store, POINTS["batch, read-back fails"], "error")
     assert releasing.injected

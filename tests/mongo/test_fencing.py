@@ -1,11 +1,14 @@
 """An outcome ends its lease: a write sent before it with the same token (a renewal abandoned in a
 worker thread, a late reply) never lands after it, so a finished job never comes back."""
 
+# White-box tests: they read the store's private state and use anysched.testing's private helpers.
+# pyright: reportPrivateUsage=false
+
 from __future__ import annotations
 
 import threading
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from datetime import timedelta
 from typing import Any
@@ -13,7 +16,6 @@ from typing import Any
 import anyio
 import anyio.to_thread
 import pytest
-from bson import SON
 from mongo_support import Server, open_collection
 from pymongo import monitoring
 
@@ -89,7 +91,7 @@ class SlowRenewal(monitoring.CommandListener):
         self.outcome_written.set()
 
 
-def _update_kind(command: SON[str, Any]) -> str | None:
+def _update_kind(command: Mapping[str, Any]) -> str | None:
     """``"renewal"`` for update_job of a pending, leased job; ``"outcome"`` for a completed one."""
     if "update" not in command or len(command.get("updates", [])) != 1:
         return None

@@ -1,17 +1,21 @@
 """MongoStore beyond the contract: documents, dates, indexes, drivers, errors."""
 
+# White-box tests: they read the store's private state and use anysched.testing's private helpers.
+# pyright: reportPrivateUsage=false
+
 from __future__ import annotations
 
 import subprocess
 import sys
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import pymongo
 import pytest
 from mongo_support import DATABASE, Server, free_port, open_collection
+from pymongo.collection import Collection
 from pymongo.errors import (
     AutoReconnect,
     DuplicateKeyError,
@@ -19,6 +23,7 @@ from pymongo.errors import (
     NetworkTimeout,
     NotPrimaryError,
     OperationFailure,
+    PyMongoError,
     ServerSelectionTimeoutError,
     WTimeoutError,
 )
@@ -151,11 +156,11 @@ async def test_indexes_are_created_on_first_use_unless_turned_off(collection: An
 @pytest.mark.parametrize("flavour", ["pymongo-sync"])
 async def test_options_are_checked(collection: Any) -> None:
     with pytest.raises(ValueError, match="claim must be"):
-        MongoStore(collection, Payload, claim="all")  # type: ignore[arg-type]
+        MongoStore(collection, Payload, claim="all")  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
     with pytest.raises(ValueError, match="completed_ttl must be > 0"):
         MongoStore(collection, Payload, completed_ttl=-1)
     with pytest.raises(TypeError, match=r"collection must be a collection of pymongo\.MongoClient"):
-        MongoStore({"not": "a collection"}, Payload)  # type: ignore[arg-type]
+        MongoStore({"not": "a collection"}, Payload)  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
 
 
 @pytest.mark.parametrize("flavour", ["pymongo-sync"])
@@ -187,7 +192,7 @@ async def test_an_unreachable_server_is_transient_and_credentials_stay_out(caplo
         (DuplicateKeyError("dup", code=11000), False),
     ],
 )
-def test_which_driver_errors_are_transient(error: pymongo.errors.PyMongoError, transient: bool) -> None:
+def test_which_driver_errors_are_transient(error: PyMongoError, transient: bool) -> None:
     assert is_transient_driver_error(error) is transient
 
 
@@ -197,9 +202,9 @@ def test_an_asyncio_only_collection_under_trio_names_the_sync_client(collection_
     if flavour == "motor":
         from motor.motor_asyncio import AsyncIOMotorClient
 
-        collection: Any = AsyncIOMotorClient(uri)[DATABASE][collection_name]
+        collection: Any = AsyncIOMotorClient[dict[str, Any]](uri)[DATABASE][collection_name]
     else:
-        collection = pymongo.AsyncMongoClient(uri)[DATABASE][collection_name]
+        collection = pymongo.AsyncMongoClient[dict[str, Any]](uri)[DATABASE][collection_name]
     store = MongoStore(collection, Payload)
 
     async def use() -> None:
@@ -230,22 +235,29 @@ def test_importing_anysched_does_not_import_pymongo() -> None:
 
 
 async def _raw(collection: Any, job_id: str) -> dict[str, Any]:
-    if isinstance(collection, pymongo.collection.Collection):
-        return await anyio.to_thread.run_sync(collection.find_one, {"_id": job_id})  # type: ignore[no-any-return]
-    return await collection.find_one({"_id": job_id})  # type: ignore[no-any-return]
+    if isinstance(collection, Collection):
+        sync = cast("Collection[dict[str, Any]]", collection)
+        found = await anyio.to_thread.run_sync(lambda: sync.find_one({"_id": job_id}))
+    else:
+        found = await collection.find_one({"_id": job_id})
+    assert found is not None
+    return dict(found)
 
 
 async def _update_raw(collection: Any, job_id: str, update: dict[str, Any]) -> None:
-    if isinstance(collection, pymongo.collection.Collection):
+    if isinstance(collection, Collection):
         await anyio.to_thread.run_sync(collection.update_one, {"_id": job_id}, update)
     else:
         await collection.update_one({"_id": job_id}, update)
 
 
 async def _indexes(collection: Any) -> dict[str, Any]:
-    if isinstance(collection, pymongo.collection.Collection):
-        return await anyio.to_thread.run_sync(collection.index_information)  # type: ignore[no-any-return]
-    return await collection.index_information()  # type: ignore[no-any-return]
+    if isinstance(collection, Collection):
+        sync = cast("Collection[dict[str, Any]]", collection)
+        indexes = await anyio.to_thread.run_sync(sync.index_information)
+    else:
+        indexes = await collection.index_information()
+    return dict(indexes)
 
 
 @pytest.mark.parametrize("flavour", ["pymongo-sync"])
@@ -264,4 +276,4 @@ async def test_bad_arguments_are_refused_before_any_io(payload_store: MongoStore
     with pytest.raises(ValueError, match="now must be timezone-aware"):
         await payload_store.fetch_pending_jobs(T0.replace(tzinfo=None), 1, VT)
     with pytest.raises(TypeError, match=r"job must be an anysched\.Job"):
-        await payload_store.add_job("not a job")  # type: ignore[arg-type]
+        await payload_store.add_job("not a job")  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]

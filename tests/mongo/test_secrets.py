@@ -1,5 +1,8 @@
 """No payload value in an exception, a log line (tracebacks included) or a stored ``last_error``."""
 
+# White-box tests: they read the store's private state and use anysched.testing's private helpers.
+# pyright: reportPrivateUsage=false
+
 from __future__ import annotations
 
 import traceback
@@ -39,7 +42,7 @@ async def test_a_payload_bson_refuses_is_named_by_type_only(collection: Any, cap
     async def quoting_bson() -> None:  # what bson says of a value it cannot encode
         raise InvalidDocument(f"cannot encode object: {CARD!r}, of type: <class 'str'>")
 
-    store._driver = FaultyDriver(store._driver, "insert_one", quoting_bson)  # type: ignore[assignment]
+    store._driver = FaultyDriver(store._driver, "insert_one", quoting_bson)  # pyright: ignore[reportAttributeAccessIssue]
     with pytest.raises(PayloadError) as raised:
         await store.add_job(Job.create({"card": CARD}, id="card-job"))
     assert CARD not in _everything_said(raised.value)

@@ -1,4 +1,4 @@
-"""The chaos run (``bench/chaos.py``) on a SQLiteStore: a real file, claims in worker threads,
+"""The chaos run (``chaos_oracle``) on a SQLiteStore: a real file, claims in worker threads,
 three schedulers on a flaky proxy, cancelled, shut down and killed at random.
 
 Real I/O (threads): no mock clock, so timings are those of ``chaos.mongo_config`` but for the
@@ -8,20 +8,14 @@ size, which a SQLite file takes in seconds.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import anyio
 import pytest
 
+import chaos_oracle as chaos
 from anysched.stores.sqlite import SQLiteStore
-from support import load_bench_script
 
 pytestmark = [pytest.mark.anyio, pytest.mark.chaos, pytest.mark.usefixtures("quiet_logs")]
-
-if TYPE_CHECKING:
-    from bench import chaos
-else:
-    chaos = load_bench_script("chaos")
 
 JOBS = 1_000
 

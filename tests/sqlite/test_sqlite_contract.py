@@ -1,5 +1,8 @@
 """SQLiteStore passes the store contract, with and without ``UPDATE … RETURNING``."""
 
+# White-box tests: they read the store's private state and use anysched.testing's private helpers.
+# pyright: reportPrivateUsage=false
+
 from __future__ import annotations
 
 from collections.abc import AsyncIterator

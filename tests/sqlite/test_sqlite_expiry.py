@@ -6,6 +6,9 @@ order calls; none depends on how fast the machine is. The store works in worker 
 they run on the real clock of both backends (trio's mock clock would jump while a thread runs).
 """
 
+# White-box tests: they read the store's private state and use anysched.testing's private helpers.
+# pyright: reportPrivateUsage=false
+
 from __future__ import annotations
 
 import sqlite3

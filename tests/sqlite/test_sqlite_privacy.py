@@ -5,6 +5,9 @@ message, in anything chained to it, in a log line or in a failed job's ``last_er
 store works in worker threads, so these tests run on the real clock of both backends.
 """
 
+# White-box tests: they read the store's private state and use anysched.testing's private helpers.
+# pyright: reportPrivateUsage=false
+
 from __future__ import annotations
 
 import logging

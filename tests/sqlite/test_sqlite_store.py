@@ -4,6 +4,9 @@ The store works in worker threads, and trio's mock clock jumps ahead while a thr
 (every task looks blocked), so these tests run on the real clock of both backends.
 """
 
+# White-box tests: they read the store's private state and use anysched.testing's private helpers.
+# pyright: reportPrivateUsage=false
+
 from __future__ import annotations
 
 import logging
