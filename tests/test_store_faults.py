@@ -20,7 +20,16 @@ import anyio
 import anyio.lowlevel
 import pytest
 
-from anysched import DuplicateJobError, Job, JobStatus, LeaseLostError, MemoryStore, TransientStoreError, open_scheduler
+from anysched import (
+    DuplicateJobError,
+    Job,
+    JobStatus,
+    LeaseLostError,
+    MemoryStore,
+    Scheduler,
+    TransientStoreError,
+    open_scheduler,
+)
 from support import FAST_RETRY, Recorder, add_jobs, peek, until
 
 pytestmark = pytest.mark.anyio
@@ -244,6 +253,33 @@ async def test_an_add_whose_reply_was_lost_succeeds_on_retry(clock: Clock) -> No
                     await scheduler.add_job(other)
     assert [job.id for job in store.inner.jobs()] == ["once", "taken"]
     assert handler.runs["once"] == 1
+
+
+class _PostponedBeforeTheRetry(MemoryStore[int]):
+    """Loses the reply of the first insert, after another scheduler has claimed the job and its
+    handler postponed it (``RetryJob``: the attempt given back, due later)."""
+
+    lost = False
+
+    async def add_job(self, job: Job[int]) -> None:
+        await super().add_job(job)
+        if not self.lost:
+            self.lost = True
+            [claimed] = await self.fetch_pending_jobs(job.process_after, 1, timedelta(seconds=30))
+            later = job.process_after + timedelta(minutes=5)
+            await self.update_job(replace(claimed, attempts=0, process_after=later, visible_after=None, last_error="x"))
+            raise TransientStoreError("the insert landed; its reply was lost")
+
+
+async def test_a_lost_add_reply_is_recognised_after_the_job_was_postponed(clock: Clock) -> None:
+    """Found by the chaos run: a postponement gives the attempt back and moves the due time, so
+    the job read back had neither the same due time nor an attempt, and the retry's duplicate stood."""
+    store = _PostponedBeforeTheRetry()
+    scheduler = Scheduler(store, Recorder[int](), clock=clock, store_backoff=FAST_RETRY)
+    with anyio.fail_after(30):
+        await scheduler.add_job(Job.create(1, id="mine", process_after=clock()))
+    assert store.lost
+    assert (await store.get_job("mine")).last_error == "x"
 
 
 async def test_no_outcome_is_attempted_after_the_store_refused_a_renewal(clock: Clock) -> None:

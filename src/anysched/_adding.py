@@ -43,8 +43,9 @@ async def add_job_once(store: JobStore[T], job: Job[T], backoff: Backoff) -> Non
 async def _holds_same_job(store: JobStore[T], job: Job[T]) -> bool:
     """Whether the store's job with ``job.id`` is ``job``, as the store keeps it.
 
-    Same payload, limits and due time; a job already claimed since may have a later due time
-    (a retry). It takes only ``get_job`` of :class:`~anysched.InspectsJobs` (a store may offer
+    Same payload, limits and due time; a job claimed since (it carries a lease token) may have
+    another due time: a retry or a postponement (:class:`~anysched.RetryJob`, which also gives the
+    attempt back) moves it. It takes only ``get_job`` of :class:`~anysched.InspectsJobs` (a store may offer
     just that); a store without it cannot tell: the duplicate stands.
     """
     get_job: Any = getattr(store, "get_job", None)
@@ -58,7 +59,7 @@ async def _holds_same_job(store: JobStore[T], job: Job[T]) -> bool:
     if not isinstance(found, Job):  # a misbehaving store's answer: the duplicate stands
         return False
     stored = cast("Job[T]", found)
-    same_due = abs(stored.process_after - job.process_after) <= _ROUNDING or stored.attempts > 0
+    same_due = abs(stored.process_after - job.process_after) <= _ROUNDING or stored.lease is not None
     return (
         stored.payload == job.payload
         and stored.max_attempts == job.max_attempts
