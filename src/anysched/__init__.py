@@ -27,6 +27,9 @@ from ._job import JobStatus as JobStatus
 from ._retry import TRANSIENT_ERRORS as TRANSIENT_ERRORS
 from ._retry import Backoff as Backoff
 from ._retry import RetryPolicy as RetryPolicy
+from ._schedule import Schedule as Schedule
+from ._schedule import ScheduledSlot as ScheduledSlot
+from ._schedule import slot_of as slot_of
 from ._scheduler import Scheduler as Scheduler
 from ._scheduler import SchedulerStatistics as SchedulerStatistics
 from ._scheduler import open_scheduler as open_scheduler
@@ -56,6 +59,8 @@ __all__ = (
     "PayloadError",
     "RetryJob",
     "RetryPolicy",
+    "Schedule",
+    "ScheduledSlot",
     "Scheduler",
     "SchedulerStatistics",
     "SendsWakeUps",
@@ -63,6 +68,7 @@ __all__ = (
     "UndecodableDocumentError",
     "open_scheduler",
     "shutdown_on_signals",
+    "slot_of",
 )
 
 
