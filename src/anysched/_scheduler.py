@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
@@ -31,8 +31,10 @@ from ._job import Job
 from ._lease import LeaseKeeper
 from ._outcome import beyond_budget, out_of_attempts
 from ._retry import Backoff, RetryPolicy
+from ._schedule import Schedule, check_schedules
 from ._settings import Settings, check_handler, check_store
 from ._store import JobStore
+from ._ticker import Ticker
 from ._time import Seconds, utc_now
 
 if sys.version_info < (3, 11):
@@ -88,6 +90,8 @@ class Scheduler(Generic[T]):
         overrides it. It may exceed ``visibility_timeout``: leases are renewed.
     :param clock: returns the current wall-clock time (timezone-aware), for what is stored;
         renewals and deadlines run on the event loop's monotonic clock
+    :param schedules: recurring jobs (:class:`~anysched.Schedule`) whose slots this scheduler
+        enqueues; every process may declare the same ones: each slot's job is added once
     """
 
     def __init__(
@@ -104,6 +108,7 @@ class Scheduler(Generic[T]):
         retry: RetryPolicy | None = None,
         job_timeout: Seconds | None = None,
         clock: Callable[[], datetime] = utc_now,
+        schedules: Iterable[Schedule[T]] = (),
     ) -> None:
         check_store(store)
         check_handler(handler)
@@ -129,6 +134,7 @@ class Scheduler(Generic[T]):
         self._scope: anyio.CancelScope | None = None
         self._buffer: MemoryObjectReceiveStream[Held[T]] | None = None
         self._host: TaskGroup | None = None
+        self._ticker = Ticker(check_schedules(schedules), self.add_job, settings.now)
 
     # -- public API ------------------------------------------------------------------------
 
@@ -172,6 +178,7 @@ class Scheduler(Generic[T]):
         if first:
             logger.info("scheduler shutting down: letting %d running job(s) finish", len(holdings.running))
         holdings.stopping = True
+        self._ticker.stop()
         if self._fetcher is None:
             return  # run() will start nothing
         if first or cancel_running:  # a second, impatient stop gets its own time for its hand-backs
@@ -247,6 +254,8 @@ class Scheduler(Generic[T]):
     ) -> None:
         async with anyio.create_task_group() as outer:
             outer.start_soon(self._leases.keep, outer, name="anysched-lease-keeper")
+            if self._ticker:
+                outer.start_soon(self._ticker.run, name="anysched-ticker")
             async with anyio.create_task_group() as tg:
                 for worker in range(self._settings.workers):
                     tg.start_soon(self._work, fetcher, receive.clone(), worker, name=f"anysched-worker-{worker}")

@@ -1,0 +1,137 @@
+"""The schedule ticker: enqueues each schedule's slots as they come, one job per slot.
+
+It keeps the schedules in a heap by the moment each next needs a look (its next slot) and sleeps
+until the first of them: O(log n) per slot with n schedules, nothing done between slots. At a
+slot it adds the slot's job (:meth:`Schedule.job_for <anysched.Schedule.job_for>`) through the
+scheduler's retried, idempotent ``add_job``. Every process that declares the schedule adds the
+same id; the store's duplicate check lets one win, and for the others the slot is done: that is
+how a slot runs once with no leader.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Generic, TypeVar
+
+import anyio
+from anyio.abc import TaskStatus
+
+from ._exceptions import DuplicateJobError
+from ._job import Job
+from ._schedule import Schedule
+
+T = TypeVar("T")
+
+logger = logging.getLogger("anysched")
+
+LONGEST_NAP = 60.0
+"""The longest the ticker sleeps before reading the wall clock again (seconds). It sleeps on the
+event loop's monotonic clock; a wall clock stepped forward meanwhile delays a slot by at most this."""
+
+
+@dataclass
+class _Entry(Generic[T]):
+    """A schedule and how far it was handled: every slot at or before ``handled`` was looked at."""
+
+    schedule: Schedule[T]
+    handled: datetime | None = None
+
+
+@dataclass
+class TickerStatistics:
+    """What a ticker has done (for tests and tools).
+
+    :param enqueued: slots whose job this ticker added
+    :param taken: slots whose job was there already (another process, or an earlier run, added it)
+    :param failed: slots whose job could not be added (a permanent store or payload error)
+    :param wakes: times the ticker woke to look at its heap
+    """
+
+    enqueued: int = 0
+    taken: int = 0
+    failed: int = 0
+    wakes: int = 0
+
+
+class Ticker(Generic[T]):
+    """Adds each slot's job of ``schedules`` when the slot comes, through ``add``.
+
+    :param schedules: the schedules, their ids unique
+    :param add: adds a job, retrying transient errors; raises ``DuplicateJobError`` if its id exists
+    :param now: the wall clock (timezone-aware UTC)
+    """
+
+    def __init__(
+        self, schedules: tuple[Schedule[T], ...], add: Callable[[Job[T]], Awaitable[None]], now: Callable[[], datetime]
+    ) -> None:
+        self._schedules = schedules
+        self._add = add
+        self._now = now
+        self._heap: list[tuple[datetime, int, _Entry[T]]] = []
+        self._order = itertools.count()  # breaks ties between schedules due at the same moment
+        self._scope: anyio.CancelScope | None = None
+        self._stopped = False
+        self.statistics = TickerStatistics()
+
+    def __bool__(self) -> bool:
+        """Whether there is anything to tick: at least one schedule."""
+        return bool(self._schedules)
+
+    def stop(self) -> None:
+        """Enqueue no more slots (a slot's add in flight is cancelled; its id lets a retry find it)."""
+        self._stopped = True
+        if self._scope is not None:
+            self._scope.cancel()
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Tick until :meth:`stop` or cancellation. Slots missed before it started are looked at
+        first, by each schedule's misfire policy."""
+        with anyio.CancelScope() as self._scope:
+            if self._stopped:
+                return
+            now = self._now()
+            for schedule in self._schedules:
+                self._push(now, _Entry(schedule))
+            task_status.started()
+            while self._heap:
+                await self._tick()
+
+    async def _tick(self) -> None:
+        """Handle every schedule whose moment has come, or sleep until the first one's."""
+        self.statistics.wakes += 1
+        now = self._now()
+        while self._heap and self._heap[0][0] <= now:
+            _, _, entry = heapq.heappop(self._heap)
+            await self._enqueue_due(entry, now)
+            following = entry.schedule.next_slot(now)
+            if following is not None:  # else the schedule has ended: it leaves the heap
+                self._push(following, entry)
+        if self._heap:
+            wait = (self._heap[0][0] - self._now()).total_seconds()
+            if wait > 0:
+                await anyio.sleep(min(wait, LONGEST_NAP))
+
+    async def _enqueue_due(self, entry: _Entry[T], now: datetime) -> None:
+        for slot in entry.schedule.due_slots(entry.handled, now):
+            await self._enqueue(entry.schedule.job_for(slot))
+        entry.handled = now
+
+    async def _enqueue(self, job: Job[T]) -> None:
+        try:
+            await self._add(job)
+        except DuplicateJobError:
+            self.statistics.taken += 1
+            logger.debug("job %s: another scheduler (or an earlier run) enqueued this slot", job.id)
+        except Exception as error:  # a bad payload or a refusing store must not stop the other schedules
+            self.statistics.failed += 1
+            logger.error("job %s: could not enqueue this slot, skipped: %s", job.id, type(error).__name__)
+        else:
+            self.statistics.enqueued += 1
+
+    def _push(self, when: datetime, entry: _Entry[T]) -> None:
+        heapq.heappush(self._heap, (when, next(self._order), entry))
