@@ -1,0 +1,55 @@
+"""One process of ``test_schedule_processes``: a scheduler with one fast interval schedule on a shared SQLite file.
+
+Usage: ``python schedule_process.py DB LOG BACKEND UNTIL``. Declares the schedule every process
+declares (a slot every ``INTERVAL`` seconds), runs its slots' jobs until the wall clock reads
+UNTIL (seconds since the epoch), then shuts down gracefully. Every run appends
+``start ID LEASE PID`` and, when the handler returns, ``done ID LEASE PID`` to LOG, with one
+unbuffered ``write`` each, so the lines survive a SIGKILL.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import sys
+import time
+from datetime import timedelta
+
+import anyio
+
+from anysched import Backoff, Job, Schedule, open_scheduler
+from anysched.stores.sqlite import SQLiteStore
+
+INTERVAL = timedelta(seconds=0.1)
+SCHEDULE = Schedule(id="every-100ms", payload=0, every=INTERVAL, misfire="each", misfire_grace=timedelta(seconds=2))
+"""Missed slots each run (within two seconds), so a slot no process was alive for still counts."""
+
+
+def record(fd: int, event: str, job: Job[int]) -> None:
+    os.write(fd, f"{event} {job.id} {job.lease} {os.getpid()}\n".encode())
+
+
+async def run(db: str, fd: int, until: float) -> None:
+    async def handler(job: Job[int]) -> None:
+        record(fd, "start", job)
+        await anyio.sleep(random.uniform(0.01, 0.05))  # long enough that a kill lands mid-job
+        record(fd, "done", job)
+
+    backoff = Backoff(initial=0.01, maximum=0.2, jitter=0.01)
+    async with (
+        SQLiteStore(db, int, busy_timeout=10) as store,
+        open_scheduler(
+            store, handler, schedules=[SCHEDULE], fetch_interval=0.05, visibility_timeout=1.0, store_backoff=backoff
+        ),
+    ):
+        await anyio.sleep(max(0.0, until - time.time()))
+
+
+def main() -> None:
+    db, log, backend, until = sys.argv[1:5]
+    fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    anyio.run(run, db, fd, float(until), backend=backend)
+
+
+if __name__ == "__main__":
+    main()
