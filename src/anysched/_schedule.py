@@ -13,7 +13,7 @@ not chosen: it fires a daily job twice on the fall-back day.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, Generic, Literal, NamedTuple, TypeVar
@@ -133,11 +133,22 @@ class Schedule(Generic[T]):
 
     def next_slot(self, after: datetime) -> datetime | None:
         """The first slot strictly after ``after``, as UTC; ``None`` when there is none (past ``end``)."""
+        return next(self.slots_after(after), None)
+
+    def slots_after(self, after: datetime) -> Iterator[datetime]:
+        """The slots strictly after ``after``, as UTC, in order, up to ``end``.
+
+        One walk costs less per slot than :meth:`next_slot` called again each time (cronsim
+        parses the expression once per walk).
+        """
         after = require_utc("after", after)
         if self.start is not None and after < self.start:
             after = self.start - timedelta(microseconds=1)
-        slot = self._interval_after(after) if self.every is not None else _first(self._cron_from(after))
-        return None if slot is None or (self.end is not None and slot > self.end) else slot
+        slots = self._intervals_after(after) if self.every is not None else self._cron_from(after)
+        for slot in slots:
+            if self.end is not None and slot > self.end:
+                return
+            yield slot
 
     def latest_slot(self, at: datetime) -> datetime | None:
         """The last slot at or before ``at``, as UTC; ``None`` when there is none (before ``start``)."""
@@ -212,10 +223,12 @@ class Schedule(Generic[T]):
 
     # -- intervals -------------------------------------------------------------------------
 
-    def _interval_after(self, after: datetime) -> datetime:
+    def _intervals_after(self, after: datetime) -> Iterator[datetime]:
         anchor, step = self._interval()
-        elapsed = _micros(after - anchor)
-        return anchor + step * (elapsed // _micros(step) + 1)
+        index = _micros(after - anchor) // _micros(step) + 1
+        while True:
+            yield anchor + step * index
+            index += 1
 
     def _interval_latest(self, at: datetime, count: int) -> list[datetime]:
         anchor, step = self._interval()
@@ -288,10 +301,6 @@ def _check_positive(name: str, value: timedelta, *, allow_zero: bool = False) ->
         raise TypeError(f"{name} must be a timedelta, not {type(value).__name__}")
     if value < timedelta(0) or (not allow_zero and value == timedelta(0)):
         raise ValueError(f"{name} must be {'>=' if allow_zero else '>'} 0, got {value!r}")
-
-
-def _first(slots: Iterable[datetime]) -> datetime | None:
-    return next(iter(slots), None)
 
 
 def _take(slots: Iterable[datetime], count: int) -> Iterable[datetime]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Generic, TypeVar
@@ -36,10 +36,14 @@ event loop's monotonic clock; a wall clock stepped forward meanwhile delays a sl
 
 @dataclass
 class _Entry(Generic[T]):
-    """A schedule and how far it was handled: every slot at or before ``handled`` was looked at."""
+    """A schedule and how far it was handled: every slot at or before ``handled`` was looked at.
+
+    ``upcoming`` walks its slots after ``handled`` (the one in the heap was taken from it).
+    """
 
     schedule: Schedule[T]
     handled: datetime | None = None
+    upcoming: Iterator[datetime] | None = None
 
 
 @dataclass
@@ -106,9 +110,8 @@ class Ticker(Generic[T]):
         self.statistics.wakes += 1
         now = self._now()
         while self._heap and self._heap[0][0] <= now:
-            _, _, entry = heapq.heappop(self._heap)
-            await self._enqueue_due(entry, now)
-            following = entry.schedule.next_slot(now)
+            when, _, entry = heapq.heappop(self._heap)
+            following = await self._enqueue_due(entry, when, now)
             if following is not None:  # else the schedule has ended: it leaves the heap
                 self._push(following, entry)
         if self._heap:
@@ -116,10 +119,23 @@ class Ticker(Generic[T]):
             if wait > 0:
                 await anyio.sleep(min(wait, LONGEST_NAP))
 
-    async def _enqueue_due(self, entry: _Entry[T], now: datetime) -> None:
-        for slot in entry.schedule.due_slots(entry.handled, now):
-            await self._enqueue(entry.schedule.job_for(slot))
+    async def _enqueue_due(self, entry: _Entry[T], when: datetime, now: datetime) -> datetime | None:
+        """Enqueue what is due of ``entry``'s schedule at ``now``; return when to look at it next."""
+        schedule = entry.schedule
+        following = None if entry.upcoming is None else next(entry.upcoming, None)
+        if entry.upcoming is not None and (following is None or following > now):
+            # On time: the slot it slept until is the only one due (the common case: O(1) slots).
+            due = [when] if when >= now - schedule.misfire_grace else []
+        else:
+            # Its first look, or late by a whole period or more (downtime, a store that was down,
+            # a clock step): the misfire policy decides, and the walk restarts after now.
+            due = schedule.due_slots(entry.handled, now)
+            entry.upcoming = schedule.slots_after(now)
+            following = next(entry.upcoming, None)
+        for slot in due:
+            await self._enqueue(schedule.job_for(slot))
         entry.handled = now
+        return following
 
     async def _enqueue(self, job: Job[T]) -> None:
         try:
