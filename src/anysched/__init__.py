@@ -38,6 +38,7 @@ from ._store import InspectsJobs as InspectsJobs
 from ._store import JobStore as JobStore
 from ._store import KnowsNextDueTime as KnowsNextDueTime
 from ._store import SendsWakeUps as SendsWakeUps
+from ._store import StoresSchedules as StoresSchedules
 from .stores.memory import MemoryStore as MemoryStore
 
 __all__ = (
@@ -64,6 +65,7 @@ __all__ = (
     "Scheduler",
     "SchedulerStatistics",
     "SendsWakeUps",
+    "StoresSchedules",
     "TransientStoreError",
     "UndecodableDocumentError",
     "open_scheduler",

@@ -71,6 +71,8 @@ class Schedule(Generic[T]):
         the latest ``catch_up_limit`` of them
     :param misfire_grace: a missed slot older than this is skipped, never run
     :param catch_up_limit: the most missed slots ``"each"`` runs at once (never a burst)
+    :param paused: a paused schedule enqueues nothing (for schedules kept in a store, changed
+        at run time: see :class:`~anysched.StoresSchedules`)
     """
 
     id: str
@@ -86,6 +88,7 @@ class Schedule(Generic[T]):
     misfire: Misfire = "coalesce"
     misfire_grace: timedelta = timedelta(days=1)
     catch_up_limit: int = 10
+    paused: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.id, str) or not self.id:  # pyright: ignore[reportUnnecessaryIsInstance]
@@ -111,6 +114,8 @@ class Schedule(Generic[T]):
             raise ValueError(f"misfire must be 'coalesce' or 'each', got {self.misfire!r}")
         if type(self.catch_up_limit) is not int or self.catch_up_limit < 1:
             raise ValueError(f"catch_up_limit must be an int >= 1, got {self.catch_up_limit!r}")
+        if not isinstance(self.paused, bool):  # pyright: ignore[reportUnnecessaryIsInstance]
+            raise TypeError(f"paused must be a bool, not {type(self.paused).__name__}")
 
     def _check_cron_and_zone(self) -> None:
         try:
@@ -279,6 +284,13 @@ def slot_of(job: Job[Any]) -> ScheduledSlot | None:
     if slot.tzinfo is None:
         return None
     return ScheduledSlot(schedule_id, slot.astimezone(timezone.utc))
+
+
+def check_schedule(schedule: Schedule[T]) -> Schedule[T]:
+    """``schedule``, if it is a :class:`Schedule`; a ``TypeError`` naming ``schedule`` otherwise."""
+    if not isinstance(schedule, Schedule):  # pyright: ignore[reportUnnecessaryIsInstance]
+        raise TypeError(f"schedule must be an anysched.Schedule, not {type(schedule).__name__}")
+    return schedule
 
 
 def check_schedules(schedules: Iterable[Schedule[T]]) -> tuple[Schedule[T], ...]:

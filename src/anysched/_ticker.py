@@ -44,6 +44,7 @@ class _Entry(Generic[T]):
     schedule: Schedule[T]
     handled: datetime | None = None
     upcoming: Iterator[datetime] | None = None
+    active: bool = True  # false once replaced or removed: its heap item is dropped when it surfaces
 
 
 @dataclass
@@ -68,23 +69,54 @@ class Ticker(Generic[T]):
     :param schedules: the schedules, their ids unique
     :param add: adds a job, retrying transient errors; raises ``DuplicateJobError`` if its id exists
     :param now: the wall clock (timezone-aware UTC)
+    :param follows_store: whether a store's schedules replace ``schedules`` (:meth:`replace_schedules`):
+        then it keeps running with none
     """
 
     def __init__(
-        self, schedules: tuple[Schedule[T], ...], add: Callable[[Job[T]], Awaitable[None]], now: Callable[[], datetime]
+        self,
+        schedules: tuple[Schedule[T], ...],
+        add: Callable[[Job[T]], Awaitable[None]],
+        now: Callable[[], datetime],
+        *,
+        follows_store: bool = False,
     ) -> None:
         self._schedules = schedules
         self._add = add
         self._now = now
+        self._follows_store = follows_store
         self._heap: list[tuple[datetime, int, _Entry[T]]] = []
+        self._entries: dict[str, _Entry[T]] = {}
+        self._nap: anyio.CancelScope | None = None
         self._order = itertools.count()  # breaks ties between schedules due at the same moment
         self._scope: anyio.CancelScope | None = None
         self._stopped = False
         self.statistics = TickerStatistics()
 
     def __bool__(self) -> bool:
-        """Whether there is anything to tick: at least one schedule."""
-        return bool(self._schedules)
+        """Whether there is anything to tick: a schedule, or a store's schedules to follow."""
+        return bool(self._schedules) or self._follows_store
+
+    def replace_schedules(self, schedules: list[Schedule[T]]) -> None:
+        """Tick ``schedules`` from now on (paused ones not), instead of the current ones.
+
+        An unchanged schedule keeps its place; a changed one starts again after the slots
+        already handled; a new one looks back by its misfire policy, as at start. A slot's job
+        id depends only on the schedule's id and the slot, so a change never makes a second job.
+        """
+        now = self._now()
+        wanted = {schedule.id: schedule for schedule in schedules if not schedule.paused}
+        handled: dict[str, datetime | None] = {}
+        for schedule_id, entry in list(self._entries.items()):
+            if wanted.get(schedule_id) != entry.schedule:
+                entry.active = False
+                del self._entries[schedule_id]
+                handled[schedule_id] = entry.handled
+        for schedule_id, schedule in wanted.items():
+            if schedule_id not in self._entries:
+                self._push(now, _Entry(schedule, handled=handled.get(schedule_id)))
+        if self._nap is not None:
+            self._nap.cancel()  # the first slot may now come sooner
 
     def stop(self) -> None:
         """Enqueue no more slots (a slot's add in flight is cancelled; its id lets a retry find it)."""
@@ -98,11 +130,12 @@ class Ticker(Generic[T]):
         with anyio.CancelScope() as self._scope:
             if self._stopped:
                 return
-            now = self._now()
-            for schedule in self._schedules:
-                self._push(now, _Entry(schedule))
+            if not self._follows_store:  # else the store's schedules come through replace_schedules
+                now = self._now()
+                for schedule in self._schedules:
+                    self._push(now, _Entry(schedule))
             task_status.started()
-            while self._heap:
+            while self._heap or self._follows_store:
                 await self._tick()
 
     async def _tick(self) -> None:
@@ -111,13 +144,20 @@ class Ticker(Generic[T]):
         now = self._now()
         while self._heap and self._heap[0][0] <= now:
             when, _, entry = heapq.heappop(self._heap)
+            if not entry.active:
+                continue
             following = await self._enqueue_due(entry, when, now)
-            if following is not None:  # else the schedule has ended: it leaves the heap
+            if following is not None and entry.active:  # else it has ended or was replaced meanwhile
                 self._push(following, entry)
-        if self._heap:
-            wait = (self._heap[0][0] - self._now()).total_seconds()
-            if wait > 0:
+            elif entry.active:
+                del self._entries[entry.schedule.id]
+        if not self._heap and not self._follows_store:
+            return  # every schedule has ended
+        wait = LONGEST_NAP if not self._heap else (self._heap[0][0] - self._now()).total_seconds()
+        if wait > 0:
+            with anyio.CancelScope() as self._nap:
                 await anyio.sleep(min(wait, LONGEST_NAP))
+            self._nap = None
 
     async def _enqueue_due(self, entry: _Entry[T], when: datetime, now: datetime) -> datetime | None:
         """Enqueue what is due of ``entry``'s schedule at ``now``; return when to look at it next."""
@@ -150,4 +190,5 @@ class Ticker(Generic[T]):
             self.statistics.enqueued += 1
 
     def _push(self, when: datetime, entry: _Entry[T]) -> None:
+        self._entries[entry.schedule.id] = entry
         heapq.heappush(self._heap, (when, next(self._order), entry))
