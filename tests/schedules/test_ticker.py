@@ -190,3 +190,30 @@ async def test_an_ended_schedule_leaves_the_ticker(clock: Clock) -> None:
 def test_the_scheduler_refuses_bad_schedules_by_name(schedules: object, error: type[Exception]) -> None:
     with pytest.raises(error, match="schedules"):
         open_scheduler(MemoryStore[int](), Recorder[int](), schedules=cast(Any, schedules))
+
+
+async def test_replacing_schedules_keeps_what_was_handled_and_wakes_the_ticker(clock: Clock) -> None:
+    added: list[Job[str]] = []
+
+    async def add(job: Job[str]) -> None:
+        added.append(job)
+
+    hourly = Schedule(id="hourly", payload="p", every=timedelta(hours=1))
+    ticker = Ticker((), add, clock, follows_store=True)
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            await tg.start(ticker.run)
+            ticker.replace_schedules([hourly])  # wakes the sleeping ticker: its latest slot, at once
+            await until(lambda: len(added) == 1)
+            for schedules in ([replace(hourly, payload="changed")], [replace(hourly, paused=True)], [], [hourly]):
+                wakes = ticker.statistics.wakes
+                ticker.replace_schedules(schedules)  # a changed one goes on after what was handled
+                await until(lambda: ticker.statistics.wakes > wakes)  # noqa: B023 -- awaited in this round
+            start = clock() + timedelta(seconds=0.2)
+            soon = Schedule(id="soon", payload="s", every=timedelta(seconds=0.2), start=start)
+            ticker.replace_schedules([soon])
+            await until(lambda: len(added) >= 3)
+            tg.cancel_scope.cancel()
+    latest = hourly.latest_slot(added[0].process_after)
+    # paused, removed and declared again, it looks back by its misfire policy: the same slot, the same id
+    assert [slot_of(job) for job in added] == [("hourly", latest), ("hourly", latest), ("soon", start)]
