@@ -27,6 +27,9 @@ from ._job import JobStatus as JobStatus
 from ._retry import TRANSIENT_ERRORS as TRANSIENT_ERRORS
 from ._retry import Backoff as Backoff
 from ._retry import RetryPolicy as RetryPolicy
+from ._schedule import Schedule as Schedule
+from ._schedule import ScheduledSlot as ScheduledSlot
+from ._schedule import slot_of as slot_of
 from ._scheduler import Scheduler as Scheduler
 from ._scheduler import SchedulerStatistics as SchedulerStatistics
 from ._scheduler import open_scheduler as open_scheduler
@@ -35,6 +38,7 @@ from ._store import InspectsJobs as InspectsJobs
 from ._store import JobStore as JobStore
 from ._store import KnowsNextDueTime as KnowsNextDueTime
 from ._store import SendsWakeUps as SendsWakeUps
+from ._store import StoresSchedules as StoresSchedules
 from .stores.memory import MemoryStore as MemoryStore
 
 __all__ = (
@@ -56,13 +60,17 @@ __all__ = (
     "PayloadError",
     "RetryJob",
     "RetryPolicy",
+    "Schedule",
+    "ScheduledSlot",
     "Scheduler",
     "SchedulerStatistics",
     "SendsWakeUps",
+    "StoresSchedules",
     "TransientStoreError",
     "UndecodableDocumentError",
     "open_scheduler",
     "shutdown_on_signals",
+    "slot_of",
 )
 
 

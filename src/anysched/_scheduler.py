@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
-from typing import Generic, TypeVar
+from typing import Generic, TypeVar, cast
 
 import anyio
 import anyio.lowlevel
@@ -32,9 +32,12 @@ from ._job import Job
 from ._lease import LeaseKeeper
 from ._outcome import beyond_budget, out_of_attempts
 from ._retry import Backoff, RetryPolicy
+from ._schedule import Schedule, check_schedules
+from ._schedule_sync import ScheduleSync
 from ._settings import Settings, check_handler, check_store
-from ._store import JobStore
-from ._time import Seconds, utc_now
+from ._store import JobStore, StoresSchedules
+from ._ticker import Ticker
+from ._time import Seconds, to_seconds, utc_now
 from ._wake_ups import WakeUpListener, wake_ups_of
 
 if sys.version_info < (3, 11):
@@ -95,6 +98,12 @@ class Scheduler(Generic[T]):
     :param wake_ups: when the store sends wake-ups (:class:`~anysched.SendsWakeUps`), listen
         to them, so a job another process adds starts at once instead of within
         ``fetch_interval``; ``False`` turns that off (the fetcher then polls)
+    :param schedules: recurring jobs (:class:`~anysched.Schedule`) whose slots this scheduler
+        enqueues; every process may declare the same ones: each slot's job is added once. On a
+        store that keeps schedules (:class:`~anysched.StoresSchedules`) they are put into it at
+        start, and the scheduler ticks the store's schedules from then on
+    :param schedule_refresh: how often (seconds) a scheduler on such a store looks for changed
+        schedules: the bound on how long a change takes to reach it
     """
 
     def __init__(
@@ -112,6 +121,8 @@ class Scheduler(Generic[T]):
         job_timeout: Seconds | None = None,
         clock: Callable[[], datetime] = utc_now,
         wake_ups: bool = True,
+        schedules: Iterable[Schedule[T]] = (),
+        schedule_refresh: Seconds = 10.0,
     ) -> None:
         check_store(store)
         check_handler(handler)
@@ -139,6 +150,7 @@ class Scheduler(Generic[T]):
         self._scope: anyio.CancelScope | None = None
         self._buffer: MemoryObjectReceiveStream[Held[T]] | None = None
         self._host: TaskGroup | None = None
+        self._ticker, self._schedule_sync = self._schedules_of(check_schedules(schedules), schedule_refresh)
 
     # -- public API ------------------------------------------------------------------------
 
@@ -185,6 +197,7 @@ class Scheduler(Generic[T]):
         if first:
             logger.info("scheduler shutting down: letting %d running job(s) finish", len(holdings.running))
         holdings.stopping = True
+        self._ticker.stop()
         if self._fetcher is None:
             return  # run() will start nothing
         if self._listener is not None:
@@ -254,6 +267,19 @@ class Scheduler(Generic[T]):
 
     # -- the task group ----------------------------------------------------------------------
 
+    def _schedules_of(
+        self, declared: tuple[Schedule[T], ...], refresh: Seconds
+    ) -> tuple[Ticker[T], ScheduleSync[T] | None]:
+        """The ticker, and what keeps it on the store's schedules when the store keeps them."""
+        refresh_seconds = to_seconds("schedule_refresh", refresh)
+        store = self._store
+        if not isinstance(store, StoresSchedules):
+            return Ticker(declared, self.add_job, self._settings.now), None
+        ticker = Ticker(declared, self.add_job, self._settings.now, follows_store=True)
+        stored = cast("StoresSchedules[T]", store)
+        sync = ScheduleSync(stored, declared, ticker, refresh=refresh_seconds, backoff=self._settings.store_backoff)
+        return ticker, sync
+
     async def _run_tasks(
         self,
         fetcher: Fetcher[T],
@@ -265,6 +291,10 @@ class Scheduler(Generic[T]):
             outer.start_soon(self._leases.keep, outer, name="anysched-lease-keeper")
             if self._listener is not None and not self._holdings.stopping:
                 outer.start_soon(self._listener.run, name="anysched-wake-ups")
+            if self._ticker:
+                outer.start_soon(self._ticker.run, name="anysched-ticker")
+            if self._schedule_sync is not None:
+                outer.start_soon(self._schedule_sync.run, name="anysched-schedule-sync")
             async with anyio.create_task_group() as tg:
                 for worker in range(self._settings.workers):
                     tg.start_soon(self._work, fetcher, receive.clone(), worker, name=f"anysched-worker-{worker}")

@@ -14,6 +14,7 @@ from typing import Protocol, TypeVar, runtime_checkable
 
 from ._exceptions import JobNotFoundError, LeaseLostError, UndecodableDocumentError
 from ._job import Job, JobStatus
+from ._schedule import Schedule
 
 T = TypeVar("T")
 
@@ -97,6 +98,34 @@ class SendsWakeUps(Protocol):
         scheduler cancels it first when it stops): do not shield a wait in its exit, and let a
         thread that listens be abandoned or stop by itself within moments.
         """
+        ...
+
+
+@runtime_checkable
+class StoresSchedules(Protocol[T]):
+    """Optional: a store that keeps schedules, so any process can add, change, pause or remove one
+    at run time and every scheduler on the store follows within its ``schedule_refresh``.
+
+    A scheduler on such a store puts its declared schedules at start (each replaces the stored one
+    with its id) and from then on ticks the stored ones, reading them again whenever
+    :meth:`schedules_marker` changes. A slot's job id depends only on the schedule's id and the
+    slot, so a change never makes a second job for a slot.
+    """
+
+    async def put_schedule(self, schedule: Schedule[T]) -> None:
+        """Store ``schedule``, replacing the one with its id if there is one."""
+        ...
+
+    async def remove_schedule(self, schedule_id: str) -> bool:
+        """Remove the schedule with this id; whether there was one."""
+        ...
+
+    async def list_schedules(self) -> list[Schedule[T]]:
+        """Every stored schedule (paused ones too), by id."""
+        ...
+
+    async def schedules_marker(self) -> int:
+        """A number that changes whenever a schedule is put or removed (cheap to read)."""
         ...
 
 

@@ -85,7 +85,7 @@ async def test_a_server_without_change_streams_raises_a_clear_error_on_entering(
 
     payload_store._driver.listen = refused  # type: ignore[method-assign]
     with pytest.raises(ChangeStreamsUnavailableError, match="replica set"):
-        async with payload_store.wake_ups(lambda: None):
+        async with payload_store.wake_ups(lambda: None):  # type: ignore[unreachable, unused-ignore]
             pass  # pragma: no cover
 
 

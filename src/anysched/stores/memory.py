@@ -11,6 +11,7 @@ from typing import Generic, TypeVar
 
 from .._exceptions import DuplicateJobError, JobNotFoundError
 from .._job import Job, JobStatus, claimed
+from .._schedule import Schedule, check_schedule
 from .._store import check_claim_arguments as _check_claim_arguments
 from .._store import check_job as _check_job
 from .._store import check_list_arguments as _check_list_arguments
@@ -54,6 +55,8 @@ class MemoryStore(Generic[T]):
         self._current_entry: dict[str, int] = {}
         self._sequence = itertools.count()
         self._counts: Counter[JobStatus] = Counter()
+        self._schedules: dict[str, Schedule[T]] = {}
+        self._schedules_marker = 0
 
     # -- the store contract ------------------------------------------------------------
 
@@ -159,6 +162,31 @@ class MemoryStore(Generic[T]):
 
     def __len__(self) -> int:
         return self._count(None)
+
+    # -- schedules (anysched.StoresSchedules) -------------------------------------------------
+
+    async def put_schedule(self, schedule: Schedule[T]) -> None:
+        """Store ``schedule``, replacing the one with its id (see :class:`~anysched.StoresSchedules`)."""
+        check_schedule(schedule)
+        with self._lock:
+            self._schedules[schedule.id] = schedule
+            self._schedules_marker += 1
+
+    async def remove_schedule(self, schedule_id: str) -> bool:
+        """Remove the schedule with this id; whether there was one."""
+        with self._lock:
+            found = self._schedules.pop(schedule_id, None) is not None
+            self._schedules_marker += found
+            return found
+
+    async def list_schedules(self) -> list[Schedule[T]]:
+        """Every stored schedule, by id."""
+        with self._lock:
+            return [self._schedules[schedule_id] for schedule_id in sorted(self._schedules)]
+
+    async def schedules_marker(self) -> int:
+        """A number that changes whenever a schedule is put or removed."""
+        return self._schedules_marker
 
     # -- internals -----------------------------------------------------------------------
 

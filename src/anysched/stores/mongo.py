@@ -49,6 +49,8 @@ from .._exceptions import (
     UndecodableDocumentError,
 )
 from .._job import Job, JobStatus, new_lease_token
+from .._schedule import Schedule, check_schedule
+from .._schedule_document import schedule_document, schedule_from_document
 from .._store import check_claim_arguments as _check_claim_arguments
 from .._store import check_job as _check_job
 from .._store import check_list_arguments as _check_list_arguments
@@ -216,6 +218,7 @@ class _Driver(Protocol):
     async def count(self, query: _Document) -> int: ...
     async def create_index(self, keys: list[tuple[str, int]], **options: Any) -> None: ...
     def listen(self, pipeline: list[_Document], wake: Callable[[], None]) -> AbstractAsyncContextManager[None]: ...
+    async def upsert(self, query: _Document, update: _Document) -> None: ...
 
 
 class _AwaitingDriver:
@@ -287,6 +290,9 @@ class _AwaitingDriver:
             async with beside(forward):
                 yield
 
+    async def upsert(self, query: _Document, update: _Document) -> None:
+        await self._collection.update_one(query, update, upsert=True)
+
 
 class _ThreadedDriver:
     """Sync PyMongo's ``Collection``: each call runs in a worker thread, on any anyio backend.
@@ -332,6 +338,9 @@ class _ThreadedDriver:
 
     async def create_index(self, keys: list[tuple[str, int]], **options: Any) -> None:
         await _in_thread(functools.partial(self._collection.create_index, keys, **options))
+
+    async def upsert(self, query: _Document, update: _Document) -> None:
+        await _in_thread(functools.partial(self._collection.update_one, query, update, upsert=True))
 
     def listen(self, pipeline: list[_Document], wake: Callable[[], None]) -> AbstractAsyncContextManager[None]:
         return _listen_in_thread(self._collection, pipeline, wake)
@@ -412,6 +421,10 @@ def _is_motor_collection(collection: object) -> bool:
     return isinstance(collection, AsyncIOMotorCollection)
 
 
+_SCHEDULES_MARKER: _Document = {"_id": {"anysched": "schedules_marker"}}
+"""The change marker's document: an ``_id`` no schedule (whose ``_id`` is its string id) can have."""
+
+
 # -- the store -----------------------------------------------------------------------------------
 
 
@@ -451,6 +464,8 @@ class MongoStore(Generic[T]):
         create_indexes: bool = True,
     ) -> None:
         self._driver = _driver_for(collection)
+        # Schedules live beside the jobs, in "<collection>_schedules" (see StoresSchedules).
+        self._schedules = _driver_for(collection.database[f"{collection.name}_schedules"])
         self._codec = PayloadCodec[T](payload_type)
         if claim not in ("batch", "one_by_one"):
             raise ValueError(f"claim must be 'batch' or 'one_by_one', got {claim!r}")
@@ -546,6 +561,42 @@ class MongoStore(Generic[T]):
             if error.code in _NO_CHANGE_STREAMS:
                 raise ChangeStreamsUnavailableError() from None
             raise
+
+    # -- schedules (anysched.StoresSchedules), in the collection "<name>_schedules" ---------------
+
+    async def put_schedule(self, schedule: Schedule[T]) -> None:
+        """Store ``schedule``, replacing the one with its id (see :class:`~anysched.StoresSchedules`)."""
+        document = schedule_document(check_schedule(schedule), self._codec.encode(schedule.payload))
+        del document["id"]
+        with _translated("put_schedule"):
+            await self._schedules.upsert({"_id": schedule.id}, {"$set": document})
+            await self._schedules.upsert(_SCHEDULES_MARKER, {"$inc": {"value": 1}})
+
+    async def remove_schedule(self, schedule_id: str) -> bool:
+        """Remove the schedule with this id; whether there was one."""
+        with _translated("remove_schedule"):
+            found = await self._schedules.delete_many({"_id": schedule_id}) > 0
+            if found:
+                await self._schedules.upsert(_SCHEDULES_MARKER, {"$inc": {"value": 1}})
+        return found
+
+    async def list_schedules(self) -> list[Schedule[T]]:
+        """Every stored schedule, by id.
+
+        :raises PayloadError: a stored schedule's payload does not decode
+        """
+        with _translated("list_schedules"):
+            documents = await self._schedules.find({"_id": {"$type": "string"}}, sort=[("_id", 1)])
+        return [
+            schedule_from_document({**document, "id": document["_id"]}, self._codec.decode(document["payload"]))
+            for document in documents
+        ]
+
+    async def schedules_marker(self) -> int:
+        """A number that changes whenever a schedule is put or removed (one read by ``_id``)."""
+        with _translated("schedules_marker"):
+            found = await self._schedules.find_one(_SCHEDULES_MARKER)
+        return 0 if found is None else int(found["value"])
 
     # -- beyond the contract -------------------------------------------------------------------
 

@@ -33,6 +33,8 @@ from .._exceptions import (
     UndecodableDocumentError,
 )
 from .._job import Job, JobStatus, new_lease_token
+from .._schedule import Schedule, check_schedule
+from .._schedule_document import schedule_document, schedule_from_document
 from .._store import check_claim_arguments as _check_claim_arguments
 from .._store import check_job as _check_job
 from .._store import check_list_arguments as _check_list_arguments
@@ -384,6 +386,34 @@ class SQLiteStore(Generic[T]):
         deleted, _ = await self._delete_completed(cutoff, deadline=None)
         return deleted
 
+    # -- schedules (anysched.StoresSchedules) -------------------------------------------------
+
+    async def put_schedule(self, schedule: Schedule[T]) -> None:
+        """Store ``schedule``, replacing the one with its id (see :class:`~anysched.StoresSchedules`).
+
+        :raises PayloadError: its payload cannot be encoded; nothing was written
+        """
+        document = schedule_document(check_schedule(schedule), self._codec.encode(schedule.payload))
+        text = json.dumps(document, allow_nan=False, separators=(",", ":"))
+        await self._run(lambda connection: _put_schedule(connection, schedule.id, text))
+
+    async def remove_schedule(self, schedule_id: str) -> bool:
+        """Remove the schedule with this id; whether there was one."""
+        return await self._run(lambda connection: _remove_schedule(connection, schedule_id))
+
+    async def list_schedules(self) -> list[Schedule[T]]:
+        """Every stored schedule, by id.
+
+        :raises PayloadError: a stored schedule's payload does not decode
+        """
+        texts = await self._run(_select_schedules)
+        documents = [json.loads(text) for text in texts]
+        return [schedule_from_document(document, self._codec.decode(document["payload"])) for document in documents]
+
+    async def schedules_marker(self) -> int:
+        """A number that changes whenever a schedule is put or removed (one indexed read)."""
+        return await self._run(_schedules_marker)
+
     # -- running calls in the worker thread ------------------------------------------------
 
     async def _run(self, call: Callable[[sqlite3.Connection], R]) -> R:
@@ -518,6 +548,51 @@ class SQLiteStore(Generic[T]):
         else:
             return self._codec.decode(data)
         raise PayloadError(f"a stored payload is not JSON: {where}")
+
+
+# -- schedules, run in the worker thread ----------------------------------------------------
+
+_SCHEDULES_TABLE = (
+    "CREATE TABLE IF NOT EXISTS anysched_schedules (id TEXT PRIMARY KEY NOT NULL, document TEXT NOT NULL)"
+)
+"""Created at the first schedule written: a job database without schedules is left as it was."""
+
+
+def _put_schedule(connection: sqlite3.Connection, schedule_id: str, document: str) -> None:
+    with _write(connection):
+        connection.execute(_SCHEDULES_TABLE)
+        connection.execute(
+            "INSERT OR REPLACE INTO anysched_schedules (id, document) VALUES (?, ?)", (schedule_id, document)
+        )
+        _bump_schedules_marker(connection)
+
+
+def _remove_schedule(connection: sqlite3.Connection, schedule_id: str) -> bool:
+    with _write(connection):
+        if not _table_exists(connection, "anysched_schedules"):
+            return False
+        found = connection.execute("DELETE FROM anysched_schedules WHERE id = ?", (schedule_id,)).rowcount > 0
+        if found:
+            _bump_schedules_marker(connection)
+        return found
+
+
+def _bump_schedules_marker(connection: sqlite3.Connection) -> None:
+    connection.execute(
+        "INSERT INTO anysched_meta (key, value) VALUES ('schedules_marker', 1) "
+        "ON CONFLICT (key) DO UPDATE SET value = value + 1"
+    )
+
+
+def _select_schedules(connection: sqlite3.Connection) -> list[str]:
+    if not _table_exists(connection, "anysched_schedules"):
+        return []
+    return [row[0] for row in connection.execute("SELECT document FROM anysched_schedules ORDER BY id")]
+
+
+def _schedules_marker(connection: sqlite3.Connection) -> int:
+    row = connection.execute("SELECT value FROM anysched_meta WHERE key = 'schedules_marker'").fetchone()
+    return 0 if row is None else int(row[0])
 
 
 # -- opening a database ---------------------------------------------------------------------
