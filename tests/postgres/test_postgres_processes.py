@@ -2,10 +2,9 @@
 
 Several separate Python processes (alternately on asyncio and trio) run a few thousand jobs
 from one table (the shape of ``tests/sqlite/test_sqlite_processes.py``). The test kills some
-of them with SIGKILL while they run jobs and
-starts replacements. At the end every job is completed, exactly once by a process that was
-not killed or last by a killed one, and every second run of a job follows a run in a killed
-process whose lease had to expire first.
+of them with SIGKILL while they run jobs and starts replacements. At the end every job is
+completed, exactly once by a process that was not killed or last by a killed one, and every
+second run of a job follows a run in a killed process whose lease had to expire first.
 """
 
 from __future__ import annotations

@@ -70,8 +70,6 @@ NAMES: Final = ("payload", *FIELDS)
 LEASE_HELD: Final = "status = 'pending' AND visible_after IS NOT NULL AND lease = %(lease)s"
 """The stored job is leased under the caller's token (``Job.accepts_write_fenced_by``)."""
 
-_CLAIMABLE = "status = 'pending' AND process_after <= %(now)s AND (visible_after IS NULL OR visible_after <= %(now)s)"
-
 
 class Statements:
     """The statements for one ``schema.table``, composed once."""
@@ -118,7 +116,7 @@ class Statements:
             compose(
                 "CREATE INDEX {name} ON {jobs} (process_after) WHERE status = 'pending'", name=self._index("claim")
             ),
-            # next_due_time: the earliest lease expiry, among the few leased jobs only.
+            # Expired leases for the claim, and next_due_time's earliest lease expiry: leased jobs only.
             compose(
                 "CREATE INDEX {name} ON {jobs} (visible_after) WHERE status = 'pending' AND visible_after IS NOT NULL",
                 name=self._index("leased"),
@@ -144,12 +142,19 @@ class Statements:
             "WITH changed AS ({update}) SELECT id, {notify} FROM changed", update=update, notify=notify
         )
         self.exists = compose("SELECT 1 FROM {jobs} WHERE id = %(id)s")
-        # One statement: the CTE locks at most `limit` claimable rows (skipping rows another claim
-        # holds), numbers them, and the UPDATE gives each the token of its number.
+        # One statement. Unleased jobs (a partial index that leased ones leave) and expired leases
+        # (the few leased ones) are locked, at most `limit` of each, skipping rows another claim
+        # holds; the oldest due `limit` of them are numbered, and the UPDATE gives each the token
+        # of its number. Rows locked but not taken are free again when the statement commits.
         self.claim = compose(
-            "WITH picked AS (SELECT id FROM {jobs} WHERE " + _CLAIMABLE + " ORDER BY process_after"
-            " LIMIT %(limit)s FOR UPDATE SKIP LOCKED),"
-            " numbered AS (SELECT id, row_number() OVER () AS n FROM picked)"
+            "WITH fresh AS (SELECT id, process_after FROM {jobs} WHERE status = 'pending' AND visible_after IS NULL"
+            " AND process_after <= %(now)s ORDER BY process_after LIMIT %(limit)s FOR UPDATE SKIP LOCKED),"
+            " expired AS (SELECT id, process_after FROM {jobs} WHERE status = 'pending'"
+            " AND visible_after IS NOT NULL AND visible_after <= %(now)s AND process_after <= %(now)s"
+            " ORDER BY process_after LIMIT %(limit)s FOR UPDATE SKIP LOCKED),"
+            " picked AS (SELECT id, row_number() OVER (ORDER BY process_after) AS n"
+            " FROM (SELECT * FROM fresh UNION ALL SELECT * FROM expired) AS candidates),"
+            " numbered AS (SELECT id, n FROM picked WHERE n <= %(limit)s)"
             " UPDATE {jobs} AS j SET visible_after = %(visible)s, lease = (%(tokens)s::text[])[numbered.n],"
             " attempts = j.attempts + 1 FROM numbered WHERE j.id = numbered.id RETURNING {returned}",
             returned=sql.SQL(", ").join(sql.SQL("j.{}").format(sql.Identifier(n)) for n in NAMES),
