@@ -11,7 +11,10 @@ import subprocess
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import anyio
+import anyio.to_thread
 import psycopg
 from psycopg import sql
 
@@ -106,3 +109,43 @@ def terminate_backends(url: str, application_name: str | None = None) -> int:
     with psycopg.connect(url, autocommit=True) as connection:
         row = connection.execute(query, params).fetchone()
     return 0 if row is None else int(row[0])
+
+
+class CallersConnection:
+    """A connection of the caller's own, not autocommit: psycopg's async one on asyncio, its sync one
+    (each call in a worker thread) on trio, as an application on either would hold it."""
+
+    def __init__(self, url: str, backend: str) -> None:
+        self.url = url
+        self.backend = backend
+        self.connection: psycopg.Connection[Any] | psycopg.AsyncConnection[Any] | None = None
+
+    async def __aenter__(self) -> CallersConnection:
+        if self.backend == "asyncio":
+            self.connection = await psycopg.AsyncConnection.connect(self.url)
+        else:
+            self.connection = await anyio.to_thread.run_sync(psycopg.Connection.connect, self.url)
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self._call("close")
+
+    async def execute(self, query: sql.Composable | str) -> None:
+        connection = self.connection
+        if isinstance(connection, psycopg.AsyncConnection):
+            await connection.execute(query)  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
+        elif connection is not None:
+            await anyio.to_thread.run_sync(connection.execute, query)
+
+    async def commit(self) -> None:
+        await self._call("commit")
+
+    async def rollback(self) -> None:
+        await self._call("rollback")
+
+    async def _call(self, name: str) -> None:
+        connection = self.connection
+        if isinstance(connection, psycopg.AsyncConnection):
+            await getattr(connection, name)()
+        elif connection is not None:
+            await anyio.to_thread.run_sync(getattr(connection, name))

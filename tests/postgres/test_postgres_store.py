@@ -11,7 +11,7 @@ import anyio
 import anyio.to_thread
 import psycopg
 import pytest
-from postgres_support import terminate_backends
+from postgres_support import CallersConnection, terminate_backends
 from psycopg import sql
 
 from anysched import DuplicateJobError, Job, JobStatus, TransientStoreError
@@ -206,19 +206,11 @@ async def _enqueue_in_transaction(
 ) -> None:
     """Write a business row and add ``job`` in one transaction of the caller's, then commit or roll back."""
     business = sql.SQL("INSERT INTO {} (note) VALUES ('order 1')").format(_table(store._sql.schema, "orders"))  # pyright: ignore[reportPrivateUsage]
-    if anyio_backend == "asyncio":
-        async with await psycopg.AsyncConnection.connect(url) as connection:
-            await connection.execute(business)
-            await store.add_job(job, connection=connection)
-            await (connection.commit() if commit else connection.rollback())
-        return
-    connection = await anyio.to_thread.run_sync(psycopg.Connection.connect, url)
-    try:
-        await anyio.to_thread.run_sync(connection.execute, business)
-        await store.add_job(job, connection=connection)
-        await anyio.to_thread.run_sync(connection.commit if commit else connection.rollback)
-    finally:
-        await anyio.to_thread.run_sync(connection.close)
+    async with CallersConnection(url, anyio_backend) as caller:
+        await caller.execute(business)
+        assert caller.connection is not None
+        await store.add_job(job, connection=caller.connection)
+        await (caller.commit() if commit else caller.rollback())
 
 
 @pytest.mark.parametrize("commit", [True, False])
@@ -237,14 +229,13 @@ async def test_a_duplicate_in_the_callers_transaction_leaves_it_usable(
     anyio_backend: str, store: PostgresStore[Payload], postgres_url: str
 ) -> None:
     await store.add_job(Job.create(Payload(1), id="dup"))
-    if anyio_backend != "asyncio":
-        pytest.skip("the savepoint logic is the same on both; asyncio's run suffices")
-    async with await psycopg.AsyncConnection.connect(postgres_url) as connection:
-        await connection.execute("SELECT 1")  # the caller's transaction is open
+    async with CallersConnection(postgres_url, anyio_backend) as caller:
+        assert caller.connection is not None
+        await caller.execute("SELECT 1")  # the caller's transaction is open
         with pytest.raises(DuplicateJobError):
-            await store.add_job(Job.create(Payload(2), id="dup"), connection=connection)
-        await store.add_job(Job.create(Payload(3), id="fresh"), connection=connection)
-        await connection.commit()
+            await store.add_job(Job.create(Payload(2), id="dup"), connection=caller.connection)
+        await store.add_job(Job.create(Payload(3), id="fresh"), connection=caller.connection)
+        await caller.commit()
     assert (await store.get_job("dup")).payload == Payload(1)
     assert (await store.get_job("fresh")).payload == Payload(3)
 

@@ -9,6 +9,7 @@ from datetime import datetime, timedelta, timezone
 
 import anyio
 import pytest
+from postgres_support import CallersConnection
 
 from anysched import Job, JobStatus, SendsWakeUps
 from anysched.stores.postgres import PostgresStore
@@ -75,17 +76,14 @@ async def test_a_release_and_a_retry_wake_the_listener(
 async def test_a_rolled_back_insert_wakes_nobody_but_a_committed_one_does(
     store: PostgresStore[Payload], other: PostgresStore[Payload], postgres_url: str, anyio_backend: str
 ) -> None:
-    import psycopg
-
-    if anyio_backend != "asyncio":
-        pytest.skip("the NOTIFY travels in the caller's transaction on either backend; asyncio's run suffices")
     wakes = Wakes()
     async with store.wake_ups(wakes):
-        async with await psycopg.AsyncConnection.connect(postgres_url) as connection:
-            await other.add_job(Job.create(Payload(1), id="rolled-back"), connection=connection)
-            await connection.rollback()
-            await other.add_job(Job.create(Payload(2), id="committed"), connection=connection)
-            await connection.commit()
+        async with CallersConnection(postgres_url, anyio_backend) as caller:
+            assert caller.connection is not None
+            await other.add_job(Job.create(Payload(1), id="rolled-back"), connection=caller.connection)
+            await caller.rollback()
+            await other.add_job(Job.create(Payload(2), id="committed"), connection=caller.connection)
+            await caller.commit()
         await wakes.arrived()
         assert wakes.count == 1  # NOTIFY is delivered in commit order: the rolled-back one would come first
     assert await store.count(JobStatus.PENDING) == 1
