@@ -5,7 +5,9 @@ Measures, in one run, each in a fresh schema dropped afterwards:
 - claims/s: ``fetch_pending_jobs`` in a loop on a table preloaded with jobs, one job per
   claim and 20 per claim (no handler, no completion);
 - end-to-end no-op jobs/s: a scheduler with 10 and with 100 workers runs preloaded no-op
-  jobs, each claimed, run and marked completed in the table.
+  jobs, each claimed, run and marked completed in the table;
+- wake-up latency: from calling ``add_job`` on one store to ``wake()`` in another store's
+  ``wake_ups`` block (two connections, through the server's LISTEN/NOTIFY), p50 and p99.
 
 Usage::
 
@@ -94,6 +96,31 @@ async def jobs_per_second(jobs: int, workers: int) -> float:
         return jobs / (time.perf_counter() - began)
 
 
+async def wake_up_latency(samples: int) -> tuple[float, float]:
+    """Seconds from calling ``add_job`` on one store to ``wake()`` in another's block: p50, p99."""
+    fresh = FreshStore(0)
+    latencies: list[float] = []
+    async with fresh as listener:
+        woken: list[float] = []
+        arrived = anyio.Event()
+
+        def wake() -> None:
+            woken.append(time.perf_counter())
+            arrived.set()
+
+        async with PostgresStore(URL, int, schema=fresh.schema) as adder, listener.wake_ups(wake):
+            for n in range(samples):
+                arrived = anyio.Event()
+                woken.clear()
+                called = time.perf_counter()
+                await adder.add_job(Job.create(n))
+                with anyio.fail_after(10):
+                    await arrived.wait()
+                latencies.append(woken[0] - called)
+    latencies.sort()
+    return latencies[len(latencies) // 2], latencies[int(len(latencies) * 0.99) - 1]
+
+
 async def run(jobs: int, backend: str) -> None:
     one = await claims_per_second(min(jobs, 2000), 1)
     twenty = await claims_per_second(jobs, 20)
@@ -104,6 +131,11 @@ async def run(jobs: int, backend: str) -> None:
     print(
         f"{backend:8} no-op jobs/s   10 workers: {rates[10]:8.0f}   100 workers: {rates[100]:8.0f}"
         f"   ratio {rates[100] / rates[10]:.2f}x",
+        flush=True,
+    )
+    p50, p99 = await wake_up_latency(200)
+    print(
+        f"{backend:8} add_job called to wake() elsewhere   p50 {p50 * 1000:.2f} ms   p99 {p99 * 1000:.2f} ms",
         flush=True,
     )
 

@@ -188,8 +188,10 @@ class AsyncPoolConnections:
 class ThreadedPoolConnections:
     """psycopg's sync ``ConnectionPool``, each operation in a worker thread: any anyio backend.
 
-    A cancelled call waits for its thread (each statement is short): a claim's result is
-    never lost to a cancellation, and the store hands back what the caller did not receive.
+    A cancelled call abandons its thread (as a cancelled async call abandons its query), so a
+    stop stays bounded when the server hangs: the statement may still commit, which fencing
+    allows for; a claim abandoned so is handed back by token if it committed before the
+    hand-back runs, and otherwise waits for its leases to expire.
     """
 
     def __init__(self, pool: ConnectionPool[Any], *, owned: bool) -> None:
@@ -205,7 +207,7 @@ class ThreadedPoolConnections:
         return _plain_options(self._pool.kwargs)
 
     async def run(self, make_op: Callable[[], Op[R]], *, atomic: bool = False) -> R:
-        return await anyio.to_thread.run_sync(self._run, make_op, atomic)
+        return await anyio.to_thread.run_sync(self._run, make_op, atomic, abandon_on_cancel=True)
 
     def _run(self, make_op: Callable[[], Op[R]], atomic: bool) -> R:
         with self._pool.connection() as connection:
