@@ -247,3 +247,17 @@ async def test_a_store_logs_nothing_above_info_in_a_quiet_run(
     await store.add_job(Job.create(Payload(1), process_after=NOW))
     await store.fetch_pending_jobs(NOW, 1, VT)
     assert [r for r in caplog.records if r.levelno > logging.INFO] == []
+
+
+@pytest.mark.parametrize("commit", [True, False])
+async def test_jobs_added_first_in_a_callers_transaction_follow_it(
+    anyio_backend: str, store: PostgresStore[Payload], postgres_url: str, commit: bool
+) -> None:
+    """On a connection that is not autocommit and has no transaction yet, the insert begins the caller's."""
+    async with CallersConnection(postgres_url, anyio_backend) as caller:
+        assert caller.connection is not None
+        jobs = [Job.create(Payload(n), id=f"j{n}") for n in range(3)]
+        await store.add_jobs(jobs, connection=caller.connection)
+        assert await store.count() == 0  # not visible outside the caller's transaction yet
+        await (caller.commit() if commit else caller.rollback())
+    assert await store.count() == (3 if commit else 0)

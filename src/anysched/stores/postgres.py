@@ -264,10 +264,12 @@ class PostgresStore(Generic[T]):
                 f"connection must be a psycopg Connection or AsyncConnection, not {type(connection).__name__}"
             )
         await self._ready()  # the table exists before the caller's transaction writes to it
+        # A savepoint inside the caller's open transaction. Outside one, a connection that is not
+        # autocommit begins the caller's transaction with the first insert (the caller commits);
+        # an autocommit one gets a transaction of its own when there are several rows.
+        atomic = in_transaction(connection) or (connection.autocommit and not single)
         with _translated("add_job"):
-            # A savepoint inside the caller's transaction; outside one, a transaction of its own
-            # only when there are several rows (an autocommit connection commits each statement).
-            await run_once(connection, op(), atomic=in_transaction(connection) or not single)
+            await run_once(connection, op(), atomic=atomic)
 
     async def next_due_time(self) -> datetime | None:
         """The earliest moment a pending job is claimable, or ``None`` when none is pending."""
