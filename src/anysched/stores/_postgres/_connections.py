@@ -17,7 +17,6 @@ from typing import Any, Protocol, TypeAlias, TypeVar, cast
 import anyio
 import anyio.to_thread
 import psycopg
-from psycopg import sql
 from psycopg.pq import TransactionStatus
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
@@ -32,7 +31,7 @@ Row: TypeAlias = "dict[str, Any]"
 
 @dataclass(frozen=True)
 class Statement:
-    query: sql.Composed
+    query: bytes  # rendered once per store (``Statements``)
     params: Mapping[str, Any]
 
 

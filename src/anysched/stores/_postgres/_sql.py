@@ -86,15 +86,20 @@ class Statements:
         values = sql.SQL(", ").join(map(sql.Placeholder, NAMES))
         fmt = {"jobs": jobs, "meta": meta, "columns": columns}
 
-        def compose(text: LiteralString, **extra: sql.Composable) -> sql.Composed:
+        def composed(text: LiteralString, **extra: sql.Composable) -> sql.Composed:
             return sql.SQL(text).format(**fmt, **extra)
+
+        def compose(text: LiteralString, **extra: sql.Composable) -> bytes:
+            # Rendered once: composing a statement on every call cost a seventh of a job's CPU time.
+            # The names are plain ASCII identifiers, the same bytes in every client encoding.
+            return composed(text, **extra).as_bytes(None)
 
         self.lock = compose("SELECT pg_advisory_xact_lock(hashtext({name}))", name=sql.Literal(f"anysched:{schema}"))
         self.create_schema = compose("CREATE SCHEMA IF NOT EXISTS {name}", name=sql.Identifier(schema))
         self.create_meta = compose("CREATE TABLE IF NOT EXISTS {meta} (key text PRIMARY KEY, value integer NOT NULL)")
         self.read_version = compose("SELECT value FROM {meta} WHERE key = 'schema_version'")
-        self.jobs_exists = sql.SQL("SELECT to_regclass({name}) IS NOT NULL AS found").format(
-            name=sql.Literal(f'"{schema}"."{table}"')
+        self.jobs_exists = compose(
+            "SELECT to_regclass({name}) IS NOT NULL AS found", name=sql.Literal(f'"{schema}"."{table}"')
         )
         self.create = [
             compose(
@@ -136,8 +141,8 @@ class Statements:
             notify=notify,
         )
         sets = sql.SQL(", ").join(sql.SQL("{} = {}").format(sql.Identifier(n), sql.Placeholder(n)) for n in NAMES[1:])
-        update = compose("UPDATE {jobs} SET {sets} WHERE id = %(id)s AND " + LEASE_HELD + " RETURNING id", sets=sets)
-        self.update = update
+        update = composed("UPDATE {jobs} SET {sets} WHERE id = %(id)s AND " + LEASE_HELD + " RETURNING id", sets=sets)
+        self.update = update.as_bytes(None)
         self.update_notify = compose(
             "WITH changed AS ({update}) SELECT id, {notify} FROM changed", update=update, notify=notify
         )
