@@ -111,7 +111,7 @@ def drive(connection: psycopg.Connection[Any], op: Op[R], *, atomic: bool) -> R:
 
 async def drive_async(connection: psycopg.AsyncConnection[Any], op: Op[R], *, atomic: bool) -> R:
     """Run ``op`` on an async connection; in one transaction when ``atomic``."""
-    transaction: AbstractAsyncContextManager[Any] = connection.transaction() if atomic else _no_transaction()
+    transaction: AbstractAsyncContextManager[Any] = connection.transaction() if atomic else nullcontext()
     async with transaction, connection.cursor(row_factory=dict_row) as cursor:
         statement = next(op)
         while True:
@@ -121,18 +121,6 @@ async def drive_async(connection: psycopg.AsyncConnection[Any], op: Op[R], *, at
                 statement = op.send(Result(rows, cursor.rowcount))
             except StopIteration as stop:
                 return stop.value  # type: ignore[no-any-return]
-
-
-class _NoTransaction:
-    async def __aenter__(self) -> None:
-        return None
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        return None
-
-
-def _no_transaction() -> AbstractAsyncContextManager[None]:
-    return _NoTransaction()
 
 
 def in_transaction(connection: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> bool:
