@@ -117,9 +117,11 @@ class Statements:
                     timeout double precision
                 )"""
             ),
-            # The claim walks pending jobs oldest due first and stops after `limit` rows.
+            # The claim walks unleased pending jobs oldest due first and stops after `limit` rows;
+            # a claimed job leaves this index, so a claim never walks over leased jobs.
             compose(
-                "CREATE INDEX {name} ON {jobs} (process_after) WHERE status = 'pending'", name=self._index("claim")
+                "CREATE INDEX {name} ON {jobs} (process_after) WHERE status = 'pending' AND visible_after IS NULL",
+                name=self._index("claim"),
             ),
             # Expired leases for the claim, and next_due_time's earliest lease expiry: leased jobs only.
             compose(
