@@ -39,6 +39,7 @@ from .._store import check_list_arguments as _check_list_arguments
 from .._store import undecodable_last_error as _undecodable_last_error
 from .._store import update_refused as _update_refused
 from .._time import Seconds, require_utc, to_seconds
+from ._postgres._coalescing import UpdateCoalescer
 from ._postgres._connections import (
     Connections,
     Op,
@@ -54,7 +55,7 @@ from ._postgres._connections import (
     run_once,
     translate,
 )
-from ._postgres._sql import FIELDS, SCHEMA_VERSION, Statements
+from ._postgres._sql import ARRAY_TYPES, FIELDS, SCHEMA_VERSION, Statements
 from ._postgres._wakeups import listening
 
 __all__ = ("SCHEMA_VERSION", "PostgresStore", "PostgresStoreError")
@@ -134,6 +135,7 @@ class PostgresStore(Generic[T]):
         self._closed = False
         self._next_expiry: datetime | None = None
         self._expiring = False
+        self._updates = UpdateCoalescer(self._update_many, self._update_one)
 
     def __repr__(self) -> str:  # never the connection string
         return f"PostgresStore(schema={self._sql.schema!r}, table={self._sql.table!r})"
@@ -200,21 +202,27 @@ class PostgresStore(Generic[T]):
         """Store ``job`` while the stored copy is leased under ``job.lease`` (see :class:`~anysched.JobStore`).
 
         One conditional ``UPDATE``; a release or a retry (pending, ``visible_after=None``)
-        also notifies listeners, in the same transaction.
+        also notifies listeners, in the same transaction. Calls made while an earlier one is
+        on its way to the server are sent together, one statement and one commit for all,
+        each row still fenced by its own lease.
         """
         _check_job(job)
         row = self._row(job)
-        wakes = self._wake_ups and job.status is JobStatus.PENDING and job.visible_after is None
-        query = self._sql.update_notify if wakes else self._sql.update
+        row["wakes"] = self._wake_ups and job.status is JobStatus.PENDING and job.visible_after is None
+        # A None lease must not match a stored job that has none.
+        if job.lease is None or not await self._updates.update(row):
+            found = await self._run("update_job", lambda: _rows(Statement(self._sql.exists, {"id": job.id})))
+            raise _update_refused(job.id, exists=bool(found))
 
-        def op() -> Op[None]:
-            # a None lease must not match a stored job that has none
-            if job.lease is not None and (yield Statement(query, row)).rows:
-                return
-            found = yield Statement(self._sql.exists, {"id": job.id})
-            raise _update_refused(job.id, exists=bool(found.rows))
+    async def _update_one(self, row: Row) -> bool:
+        query = self._sql.update_notify if row["wakes"] else self._sql.update
+        return bool(await self._run("update_job", lambda: _rows(Statement(query, row))))
 
-        await self._run("update_job", op)
+    async def _update_many(self, rows: list[Row]) -> set[str]:
+        params = {name: [_array_value(row[name]) for row in rows] for name in ARRAY_TYPES}
+        params["wakes"] = [row["wakes"] for row in rows]
+        found = await self._run("update_job", lambda: _rows(Statement(self._sql.update_many, params)))
+        return {str(row["id"]) for row in found}
 
     async def add_job(
         self, job: Job[T], *, connection: psycopg.Connection[Any] | psycopg.AsyncConnection[Any] | None = None
@@ -483,6 +491,11 @@ class PostgresStore(Generic[T]):
 def _as_text(text: Any) -> str:
     """The ``dumps`` of a payload already serialized (and checked) by :meth:`PostgresStore._row`."""
     return str(text)
+
+
+def _array_value(value: Any) -> Any:
+    """A row's value as an element of ``update_many``'s column arrays: a payload as its JSON text."""
+    return value.obj if isinstance(value, Jsonb) else value
 
 
 def _rows(statement: Statement) -> Op[list[Row]]:

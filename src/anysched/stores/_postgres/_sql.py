@@ -67,6 +67,21 @@ FIELDS: Final[dict[str, tuple[Callable[[Any], Any], Callable[[Any], Any]]]] = {
 column): each in the column of its name, with how its value is written and read back."""
 NAMES: Final = ("payload", *FIELDS)
 
+ARRAY_TYPES: Final[dict[str, LiteralString]] = {
+    "id": "text",
+    "payload": "text",  # JSON text, cast to jsonb in the SET
+    "status": "text",
+    "process_after": "timestamptz",
+    "visible_after": "timestamptz",
+    "processed_at": "timestamptz",
+    "attempts": "integer",
+    "lease": "text",
+    "last_error": "text",
+    "max_attempts": "integer",
+    "timeout": "double precision",
+}
+"""The column types ``update_many`` passes each column's values as (one array per column)."""
+
 LEASE_HELD: Final = "status = 'pending' AND visible_after IS NOT NULL AND lease = %(lease)s"
 """The stored job is leased under the caller's token (``Job.accepts_write_fenced_by``)."""
 
@@ -149,6 +164,25 @@ class Statements:
             "WITH changed AS ({update}) SELECT id, {notify} FROM changed", update=update, notify=notify
         )
         self.exists = compose("SELECT 1 FROM {jobs} WHERE id = %(id)s")
+        # Many updates in one statement (the coalesced update_job calls of one store): each row
+        # fenced by its own lease; listeners notified when a row that wakes them was applied.
+        self.update_many = compose(
+            "WITH v AS (SELECT * FROM unnest({arrays}, %(wakes)s::boolean[]) AS v({names}, wakes)),"
+            " changed AS (UPDATE {jobs} AS j SET {sets_from_v} FROM v WHERE j.id = v.id AND j.lease = v.lease"
+            " AND j.status = 'pending' AND j.visible_after IS NOT NULL RETURNING j.id, v.wakes)"
+            " SELECT id, CASE WHEN wakes THEN {notify} END AS notified FROM changed",
+            arrays=sql.SQL(", ").join(
+                sql.SQL("{}::{}[]").format(sql.Placeholder(name), sql.SQL(kind)) for name, kind in ARRAY_TYPES.items()
+            ),
+            names=sql.SQL(", ").join(map(sql.Identifier, ARRAY_TYPES)),
+            sets_from_v=sql.SQL(", ").join(
+                sql.SQL("{name} = v.{name}{cast}").format(
+                    name=sql.Identifier(name), cast=sql.SQL("::jsonb" if name == "payload" else "")
+                )
+                for name in NAMES[1:]
+            ),
+            notify=notify,
+        )
         # One statement. Unleased jobs (a partial index that leased ones leave) and expired leases
         # (the few leased ones) are locked, at most `limit` of each, skipping rows another claim
         # holds; the oldest due `limit` of them are numbered, and the UPDATE gives each the token
