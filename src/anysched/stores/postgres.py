@@ -12,7 +12,6 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import re
 import time
 from collections.abc import AsyncGenerator, Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -31,7 +30,7 @@ except ImportError as _missing:  # pragma: no cover -- tested in a subprocess wi
     ) from _missing
 
 from .._codec import PayloadCodec
-from .._exceptions import DuplicateJobError, JobNotFoundError, PayloadError, UndecodableDocumentError
+from .._exceptions import JobNotFoundError, PayloadError, UndecodableDocumentError
 from .._job import Job, JobStatus, new_lease_token
 from .._store import check_claim_arguments as _check_claim_arguments
 from .._store import check_job as _check_job
@@ -49,11 +48,12 @@ from ._postgres._connections import (
     close_once,
     connect_once,
     connections_for,
-    describe,
     in_transaction,
     own_pool,
+    rowcount_of,
+    rows_of,
     run_once,
-    translate,
+    translated,
 )
 from ._postgres._sql import ARRAY_TYPES, FIELDS, SCHEMA_VERSION, Statements
 from ._postgres._wakeups import listening
@@ -71,7 +71,6 @@ _PURGE_STEP = 500  # rows per delete statement: each is a short transaction of i
 _EXPIRY_BUDGET = 0.05  # seconds of expiry steps one fetch may run (at least one step)
 _MAX_EXPIRY_INTERVAL = timedelta(minutes=1)
 _HAND_BACK_TIMEOUT = 5.0  # seconds a failed claim may spend, shielded, handing back what it won
-_DUPLICATE_KEY = re.compile(r"Key \(id\)=\((.*)\) already exists")
 
 
 class PostgresStore(Generic[T]):
@@ -186,7 +185,7 @@ class PostgresStore(Generic[T]):
         tokens = [new_lease_token() for _ in range(limit)]
         params = {"now": now, "visible": now + visibility_timeout, "limit": limit, "tokens": tokens}
         try:
-            rows = await self._run("claim", lambda: _rows(Statement(self._sql.claim, params)))
+            rows = await self._run("claim", lambda: rows_of(Statement(self._sql.claim, params)))
             jobs = await self._decode_claimed(rows, now)
             await self._expire_completed(now)  # after the claim has committed, in statements of its own
             return jobs
@@ -211,17 +210,17 @@ class PostgresStore(Generic[T]):
         row["wakes"] = self._wake_ups and job.status is JobStatus.PENDING and job.visible_after is None
         # A None lease must not match a stored job that has none.
         if job.lease is None or not await self._updates.update(row):
-            found = await self._run("update_job", lambda: _rows(Statement(self._sql.exists, {"id": job.id})))
+            found = await self._run("update_job", lambda: rows_of(Statement(self._sql.exists, {"id": job.id})))
             raise _update_refused(job.id, exists=bool(found))
 
     async def _update_one(self, row: Row) -> bool:
         query = self._sql.update_notify if row["wakes"] else self._sql.update
-        return bool(await self._run("update_job", lambda: _rows(Statement(query, row))))
+        return bool(await self._run("update_job", lambda: rows_of(Statement(query, row))))
 
     async def _update_many(self, rows: list[Row]) -> set[str]:
         params = {name: [_array_value(row[name]) for row in rows] for name in ARRAY_TYPES}
         params["wakes"] = [row["wakes"] for row in rows]
-        found = await self._run("update_job", lambda: _rows(Statement(self._sql.update_many, params)))
+        found = await self._run("update_job", lambda: rows_of(Statement(self._sql.update_many, params)))
         return {str(row["id"]) for row in found}
 
     async def add_job(
@@ -276,12 +275,12 @@ class PostgresStore(Generic[T]):
         # autocommit begins the caller's transaction with the first insert (the caller commits);
         # an autocommit one gets a transaction of its own when there are several rows.
         atomic = in_transaction(connection) or (connection.autocommit and not single)
-        with _translated("add_job"):
+        with translated("add_job"):
             await run_once(connection, op(), atomic=atomic)
 
     async def next_due_time(self) -> datetime | None:
         """The earliest moment a pending job is claimable, or ``None`` when none is pending."""
-        rows = await self._run("next_due_time", lambda: _rows(Statement(self._sql.next_due, {})))
+        rows = await self._run("next_due_time", lambda: rows_of(Statement(self._sql.next_due, {})))
         due: datetime | None = rows[0]["due"]
         return None if due is None else FIELDS["process_after"][1](due)
 
@@ -309,7 +308,7 @@ class PostgresStore(Generic[T]):
 
     async def get_job(self, job_id: str) -> Job[T]:
         """The stored job with this id. :raises JobNotFoundError: no such job"""
-        rows = await self._run("get_job", lambda: _rows(Statement(self._sql.select_one, {"id": job_id})))
+        rows = await self._run("get_job", lambda: rows_of(Statement(self._sql.select_one, {"id": job_id})))
         if not rows:
             raise JobNotFoundError(job_id)
         return self._job(rows[0])
@@ -320,7 +319,7 @@ class PostgresStore(Generic[T]):
             statement = Statement(self._sql.count_all, {})
         else:
             statement = Statement(self._sql.count_status, {"status": JobStatus(status).value})
-        rows = await self._run("count", lambda: _rows(statement))
+        rows = await self._run("count", lambda: rows_of(statement))
         return int(rows[0]["n"])
 
     async def list_jobs(
@@ -333,7 +332,7 @@ class PostgresStore(Generic[T]):
         status = _check_list_arguments(status, limit, after)
         query = self._sql.page[(status is not None, after is not None)]
         params = {"status": None if status is None else status.value, "after": after, "limit": limit}
-        rows = await self._run("list_jobs", lambda: _rows(Statement(query, params)))
+        rows = await self._run("list_jobs", lambda: rows_of(Statement(query, params)))
         return [self._job(row) for row in rows]
 
     async def purge(self, *, completed_before: datetime) -> int:
@@ -363,7 +362,7 @@ class PostgresStore(Generic[T]):
     async def _open(self) -> Connections:
         if isinstance(self._target, str):
             connections = own_pool(self._target, self._max_connections)
-            with _translated("open"):
+            with translated("open"):
                 # A connection of its own first: a refused login shows here as what it is,
                 # where a pool would only time out.
                 connection = await connect_once(self._target, {})
@@ -374,7 +373,7 @@ class PostgresStore(Generic[T]):
                         await close_once(connection)
         else:
             connections = connections_for(self._target)
-            with _translated("open"):
+            with translated("open"):
                 await connections.run(self._ensure_schema, atomic=True)
         await connections.open()
         return connections
@@ -404,13 +403,13 @@ class PostgresStore(Generic[T]):
 
     async def _run(self, operation: str, make_op: Callable[[], Op[R]], *, atomic: bool = False) -> R:
         connections = await self._ready()
-        with _translated(operation):
+        with translated(operation):
             return await connections.run(make_op, atomic=atomic)
 
     async def _release_unreceived(self, tokens: list[str]) -> None:
         query = self._sql.release_notify if self._wake_ups else self._sql.release
         try:
-            rows = await self._run("release", lambda: _rows(Statement(query, {"tokens": tokens})))
+            rows = await self._run("release", lambda: rows_of(Statement(query, {"tokens": tokens})))
         except Exception as error:  # the leases expire anyway; don't mask the original exception
             _logger.warning("could not hand back claimed jobs: %r; they reappear when their leases end", error)
         else:
@@ -429,7 +428,7 @@ class PostgresStore(Generic[T]):
                 last_error = _undecodable_last_error(UndecodableDocumentError("payload", error))
                 params = {"id": row["id"], "lease": row["lease"], "now": now, "last_error": last_error}
                 statement = Statement(self._sql.fail_undecodable, params)
-                await self._run("claim", functools.partial(_rows, statement))
+                await self._run("claim", functools.partial(rows_of, statement))
         jobs.sort(key=lambda job: job.process_after)  # RETURNING gives rows in no particular order
         return jobs
 
@@ -461,7 +460,7 @@ class PostgresStore(Generic[T]):
         deleted = 0
         params = {"cutoff": cutoff, "limit": _PURGE_STEP}
         while True:
-            count = await self._run("purge", lambda: _rowcount(Statement(self._sql.delete_completed, params)))
+            count = await self._run("purge", lambda: rowcount_of(Statement(self._sql.delete_completed, params)))
             deleted += count
             if count < _PURGE_STEP:
                 return deleted, False
@@ -496,33 +495,3 @@ def _as_text(text: Any) -> str:
 def _array_value(value: Any) -> Any:
     """A row's value as an element of ``update_many``'s column arrays: a payload as its JSON text."""
     return value.obj if isinstance(value, Jsonb) else value
-
-
-def _rows(statement: Statement) -> Op[list[Row]]:
-    return (yield statement).rows
-
-
-def _rowcount(statement: Statement) -> Op[int]:
-    return (yield statement).rowcount
-
-
-class _translated:
-    """Translate psycopg's errors at the store's boundary: a duplicate id, a payload the server
-    refuses, transient and permanent errors; none with the driver's text (it can quote values,
-    hosts and users) and none chained to it."""
-
-    def __init__(self, operation: str) -> None:
-        self._operation = operation
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: object) -> None:
-        if not isinstance(error, psycopg.Error):
-            return
-        if isinstance(error, psycopg.errors.UniqueViolation):
-            match = _DUPLICATE_KEY.search(error.diag.message_detail or "")
-            raise DuplicateJobError(match.group(1) if match else "(one of the jobs)") from None
-        if isinstance(error, psycopg.DataError):
-            raise PayloadError(f"PostgreSQL refused a job's values ({describe(error)})") from None
-        raise translate(error, self._operation) from None

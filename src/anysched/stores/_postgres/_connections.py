@@ -9,6 +9,7 @@ connection. So no query is written twice for the two kinds of connection.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable, Generator, Mapping
 from contextlib import AbstractAsyncContextManager, AbstractContextManager, nullcontext
 from dataclasses import dataclass
@@ -21,10 +22,11 @@ from psycopg.pq import TransactionStatus
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
-from ..._exceptions import AnyschedError, TransientStoreError
+from ..._exceptions import AnyschedError, DuplicateJobError, PayloadError, TransientStoreError
 
 R = TypeVar("R")
 _logger: logging.Logger = logging.getLogger("anysched")
+_DUPLICATE_KEY = re.compile(r"Key \(id\)=\((.*)\) already exists")
 
 Row: TypeAlias = "dict[str, Any]"
 
@@ -278,3 +280,36 @@ async def close_once(connection: psycopg.Connection[Any] | psycopg.AsyncConnecti
         await connection.close()
     else:
         await anyio.to_thread.run_sync(connection.close)
+
+
+# -- small operations and the store's error boundary -------------------------------------------
+
+
+def rows_of(statement: Statement) -> Op[list[Row]]:
+    return (yield statement).rows
+
+
+def rowcount_of(statement: Statement) -> Op[int]:
+    return (yield statement).rowcount
+
+
+class translated:
+    """Translate psycopg's errors at the store's boundary: a duplicate id, a payload the server
+    refuses, transient and permanent errors; none with the driver's text (it can quote values,
+    hosts and users) and none chained to it."""
+
+    def __init__(self, operation: str) -> None:
+        self._operation = operation
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: object) -> None:
+        if not isinstance(error, psycopg.Error):
+            return
+        if isinstance(error, psycopg.errors.UniqueViolation):
+            match = _DUPLICATE_KEY.search(error.diag.message_detail or "")
+            raise DuplicateJobError(match.group(1) if match else "(one of the jobs)") from None
+        if isinstance(error, psycopg.DataError):
+            raise PayloadError(f"PostgreSQL refused a job's values ({describe(error)})") from None
+        raise translate(error, self._operation) from None
