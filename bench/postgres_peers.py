@@ -1,141 +1,101 @@
-"""The Postgres peers, measured the way ``bench/postgres.py`` measures anysched: N no-op jobs, put in
-the queue before timing starts, drained by a worker of W concurrent slots; jobs per second.
+"""Benchmark: the PostgreSQL peers on the same server and job count as ``bench/postgres.py``.
 
-- **pgqueuer** (asyncpg): a ``QueueManager`` with one entrypoint whose ``concurrency_limit`` is W,
-  dequeuing batches of W, run in ``drain`` mode (it returns once the queue is empty and the last
-  job is done).
-- **procrastinate** (psycopg 3): ``run_worker_async(concurrency=W, wait=False)`` (it returns once no
-  job is left).
+Runs no-op jobs through pgqueuer (asyncpg) and procrastinate (psycopg) with 10 and 100
+concurrent jobs, each in a schema of its own that is dropped afterwards. Needs
+``pip install pgqueuer procrastinate asyncpg`` (not anysched dependencies)::
 
-Each peer gets a database of its own (``anysched_bench_pgqueuer``, ``anysched_bench_procrastinate``),
-created on the server of ``ANYSCHED_POSTGRES_URL`` (default ``postgresql://127.0.0.1:5432/test``) and
-emptied before each run. Both are asyncio-only. They are not dependencies of anysched: install them
-into the bench's virtualenv with ``pip install pgqueuer procrastinate``; without one, its rows say so.
-
-Usage::
-
-    python bench/postgres_peers.py --jobs 5000 --workers 10 100
+    python bench/postgres_peers.py --jobs 5000
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import os
 import time
-from datetime import timedelta
-from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+import uuid
 
-import psycopg
-
-DEFAULT_URL = "postgresql://127.0.0.1:5432/test"
+PGQ_SCHEMA = f"anysched_bench_pgq_{uuid.uuid4().hex[:8]}"
+os.environ["PGQUEUER_SCHEMA"] = PGQ_SCHEMA  # read when pgqueuer builds its settings
+URL = os.environ.get("ANYSCHED_POSTGRES_URL", "postgresql://127.0.0.1:5432/test")
 
 
-def server_url() -> str:
-    return os.environ.get("ANYSCHED_POSTGRES_URL", DEFAULT_URL)
+async def drop_schema(schema: str) -> None:
+    import psycopg
+    from psycopg import sql
+
+    async with await psycopg.AsyncConnection.connect(URL, autocommit=True) as connection:
+        await connection.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
 
 
-def database_url(base: str, name: str) -> str:
-    """``base`` (a ``postgresql://`` URL) with its database replaced by ``name``, created if need be."""
-    with psycopg.connect(base, autocommit=True) as connection:
-        exists = connection.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
-        if exists is None:
-            connection.execute(psycopg.sql.SQL("CREATE DATABASE {}").format(psycopg.sql.Identifier(name)))
-    return urlunsplit(urlsplit(base)._replace(path=f"/{name}"))
+async def pgqueuer_rate(jobs: int, workers: int) -> float:
+    import asyncpg
+    from pgqueuer import AsyncpgDriver, Queries, QueueManager
+    from pgqueuer.models import Job
+    from pgqueuer.types import QueueExecutionMode
 
-
-async def pgqueuer_rate(base: str, jobs: int, workers: int) -> float | None:
-    """No-op jobs per second through pgqueuer with ``workers`` concurrent slots; ``None`` if not installed."""
+    connection = await asyncpg.connect(URL)
     try:
-        import asyncpg  # type: ignore[import-untyped, unused-ignore]  # no types shipped
-        from pgqueuer import AsyncpgDriver, QueueManager
-        from pgqueuer.queries import Queries
-        from pgqueuer.types import QueueExecutionMode
-    except ImportError:
-        return None
-    url = database_url(base, "anysched_bench_pgqueuer")
-    connection = await asyncpg.connect(url)
-    try:
-        queries = Queries(AsyncpgDriver(connection))
-        if not await queries.has_table("pgqueuer"):
-            await queries.install()
-        await queries.clear_queue()
-        await queries.clear_queue_log()
+        await drop_schema(PGQ_SCHEMA)
+        await connection.execute(f'CREATE SCHEMA "{PGQ_SCHEMA}"')
+        await connection.execute(f'SET search_path TO "{PGQ_SCHEMA}"')
+        driver = AsyncpgDriver(connection)
+        queries = Queries(driver)
+        await queries.install(create_schema=False)
         for start in range(0, jobs, 1000):
-            batch = min(1000, jobs - start)
-            await queries.enqueue(["noop"] * batch, [None] * batch, [0] * batch)
+            count = min(1000, jobs - start)
+            await queries.enqueue(["noop"] * count, [None] * count, [0] * count)
         manager = QueueManager(queries)
 
-        @manager.entrypoint("noop", concurrency_limit=workers)
-        async def noop(job: Any) -> None:
+        @manager.entrypoint("noop")
+        async def noop(job: Job) -> None:
             pass
 
-        begin = time.perf_counter()
-        await manager.run(
-            batch_size=workers,
-            max_concurrent_tasks=2 * workers,
-            mode=QueueExecutionMode.drain,
-            dequeue_timeout=timedelta(seconds=0.1),
-        )
-        elapsed = time.perf_counter() - begin
-        left = await connection.fetchval("SELECT count(*) FROM pgqueuer")
-        if left:
-            raise RuntimeError(f"pgqueuer left {left} job(s) in its queue")
-        return jobs / elapsed
+        began = time.perf_counter()
+        batch = min(10, workers // 2)
+        await manager.run(mode=QueueExecutionMode.drain, max_concurrent_tasks=workers, batch_size=batch)
+        return jobs / (time.perf_counter() - began)
     finally:
         await connection.close()
+        await drop_schema(PGQ_SCHEMA)
 
 
-async def procrastinate_rate(base: str, jobs: int, workers: int) -> float | None:
-    """No-op jobs per second through procrastinate with ``concurrency=workers``; ``None`` if not installed."""
-    try:
-        import procrastinate
-    except ImportError:
-        return None
-    url = database_url(base, "anysched_bench_procrastinate")
-    app = procrastinate.App(connector=procrastinate.PsycopgConnector(conninfo=url))
+async def procrastinate_rate(jobs: int, workers: int) -> float:
+    import procrastinate
+
+    schema = f"anysched_bench_pro_{uuid.uuid4().hex[:8]}"
+    await drop_schema(schema)
+    connector = procrastinate.PsycopgConnector(conninfo=URL, kwargs={"options": f"-c search_path={schema}"})
+    app = procrastinate.App(connector=connector)
 
     @app.task(name="noop")
-    async def noop(n: int) -> None:
+    async def noop() -> None:
         pass
 
     async with app.open_async():
-        with psycopg.connect(url, autocommit=True) as connection:
-            installed = connection.execute("SELECT to_regclass('procrastinate_jobs')").fetchone()
-            if installed is None or installed[0] is None:
-                await app.schema_manager.apply_schema_async()
-            connection.execute("TRUNCATE procrastinate_jobs CASCADE")
-        for start in range(0, jobs, 1000):
-            batch: list[dict[str, Any]] = [{"n": n} for n in range(start, min(jobs, start + 1000))]
-            await noop.batch_defer_async(*batch)
-        begin = time.perf_counter()
-        await app.run_worker_async(
-            concurrency=workers, wait=False, install_signal_handlers=False, delete_jobs="never", listen_notify=False
-        )
-        elapsed = time.perf_counter() - begin
-        with psycopg.connect(url) as connection:
-            row = connection.execute("SELECT count(*) FROM procrastinate_jobs WHERE status <> 'succeeded'").fetchone()
-        if row is not None and row[0]:
-            raise RuntimeError(f"procrastinate left {row[0]} job(s) unfinished")
-        return jobs / elapsed
+        async with connector.pool.connection() as connection:  # type: ignore[attr-defined]
+            await connection.execute(f'CREATE SCHEMA "{schema}"')
+        await app.schema_manager.apply_schema_async()
+        for _ in range(jobs):
+            await noop.defer_async()
+        began = time.perf_counter()
+        await app.run_worker_async(concurrency=workers, wait=False, install_signal_handlers=False)
+        rate = jobs / (time.perf_counter() - began)
+    await drop_schema(schema)
+    return rate
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--jobs", type=int, default=5000)
-    parser.add_argument("--workers", type=int, nargs="+", default=[10, 100])
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING)
-    base = server_url()
-    for workers in args.workers:
-        for name, measure in (("pgqueuer", pgqueuer_rate), ("procrastinate", procrastinate_rate)):
-            rate = asyncio.run(measure(base, args.jobs, workers))
-            shown = "not installed" if rate is None else f"{rate:,.0f} jobs/s"
-            print(f"{name:>14} {workers:>4} workers: {shown}")
-    return 0
+async def main(jobs: int, which: list[str]) -> None:
+    for name, measure in (("pgqueuer", pgqueuer_rate), ("procrastinate", procrastinate_rate)):
+        if name not in which:
+            continue
+        rates = {workers: await measure(jobs, workers) for workers in (10, 100)}
+        print(f"{name:14} no-op jobs/s   10: {rates[10]:8.0f}   100: {rates[100]:8.0f}", flush=True)
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    parser = argparse.ArgumentParser(description="the PostgreSQL peers on the same benchmark")
+    parser.add_argument("--jobs", type=int, default=5000)
+    parser.add_argument("--only", nargs="*", default=["pgqueuer", "procrastinate"])
+    arguments = parser.parse_args()
+    asyncio.run(main(arguments.jobs, arguments.only))

@@ -37,10 +37,11 @@ PUBLIC_MODULES = (
     "anysched.stores",
     "anysched.stores.memory",
     "anysched.stores.mongo",
+    "anysched.stores.postgres",
     "anysched.stores.sqlite",
     "anysched.testing",
 )
-OPTIONAL_DRIVERS = {"anysched.stores.mongo": "pymongo"}
+OPTIONAL_DRIVERS = {"anysched.stores.mongo": "pymongo", "anysched.stores.postgres": "psycopg"}
 
 
 def _is_public_path(dotted: str) -> bool:

@@ -1,0 +1,1 @@
+"""The parts of :mod:`anysched.stores.postgres`: statements, connections, wake-ups."""
