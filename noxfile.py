@@ -37,7 +37,8 @@ def types(session: nox.Session) -> None:
     session.install("-e", EXTRAS, *nox.project.dependency_groups(PYPROJECT, "typing"))
     session.run("pyright")
     session.run("mypy")
-    session.run("mypy", "tests/mongo/conftest.py")  # a second `conftest` module for mypy: see pyproject
+    for conftest in ("tests/mongo/conftest.py", "tests/postgres/conftest.py"):  # more `conftest` modules: see pyproject
+        session.run("mypy", conftest)
     session.run("pyright", "--verifytypes", "anysched", "--ignoreexternal")
 
 

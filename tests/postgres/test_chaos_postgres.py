@@ -1,4 +1,4 @@
-"""The chaos run (``bench/chaos.py``) on a PostgresStore: the real server, a schema of its own,
+"""The chaos run (``chaos_oracle``) on a PostgresStore: the real server, a schema of its own,
 three schedulers on a flaky proxy, cancelled, shut down and killed at random.
 
 Real I/O: no mock clock, so timings are those of ``chaos.mongo_config`` but for the
@@ -7,20 +7,13 @@ size.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import anyio
 import pytest
 
+import chaos_oracle as chaos
 from anysched.stores.postgres import PostgresStore
-from support import load_bench_script
 
 pytestmark = [pytest.mark.anyio, pytest.mark.chaos, pytest.mark.usefixtures("quiet_logs")]
-
-if TYPE_CHECKING:
-    from bench import chaos
-else:
-    chaos = load_bench_script("chaos")
 
 JOBS = 1_000
 
