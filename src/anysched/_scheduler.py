@@ -300,10 +300,11 @@ class Scheduler(Generic[T]):
                 assert outcome is not None
                 logger.error("job %s: %s", held.job.id, outcome.message)
             else:
-                if not await self._leases.fresh_lease(held):
+                begin = await self._leases.fresh_lease(held)
+                if begin is None:
                     return False
                 started = True
-                outcome = await self._executor.run(held)
+                outcome = await self._executor.run(held, begin)
         except BaseException:
             await self._completer.hand_back([held], started=started)
             raise
