@@ -16,7 +16,7 @@ import anyio
 
 from ._exceptions import JobNotFoundError, LeaseLostError
 from ._holdings import Held, Holdings
-from ._job import Job, evolved
+from ._job import Job, JobStatus, evolved
 from ._outcome import Outcome
 from ._retry import CountedCall, call_store
 from ._settings import Settings
@@ -25,6 +25,9 @@ from ._store import JobStore
 T = TypeVar("T")
 
 logger = logging.getLogger("anysched")
+
+_STATUS_TEXT = {status: str(status) for status in JobStatus}
+"""An outcome's status as the log names it, looked up: ``str()`` of an enum costs more, per job."""
 
 
 class Completer(Generic[T]):
@@ -150,7 +153,7 @@ class Completer(Generic[T]):
 
     async def _write_logged(self, job: Job[T], worker: int) -> None:
         try:
-            await self.write(job, str(job.status))
+            await self.write(job, _STATUS_TEXT[job.status])
         except Exception as error:
             logger.error(
                 "job %s on worker %d: outcome not recorded: %r; it runs again when its lease expires",

@@ -22,7 +22,7 @@ from ._job import Job, evolved
 T = TypeVar("T")
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)  # slots: read and written several times per job
 class Held(Generic[T]):
     """A leased job, from the claim until its outcome is written or it is handed back.
 
