@@ -9,13 +9,14 @@ and what could not be written is logged by id and reappears when its lease ends.
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any, Generic, TypeVar
 
 import anyio
 
 from ._exceptions import JobNotFoundError, LeaseLostError
 from ._holdings import Held, Holdings
-from ._job import Job, evolved
+from ._job import Job, JobStatus, evolved
 from ._outcome import Outcome
 from ._retry import CountedCall, call_store
 from ._settings import Settings
@@ -24,6 +25,9 @@ from ._store import JobStore
 T = TypeVar("T")
 
 logger = logging.getLogger("anysched")
+
+_STATUS_TEXT = {status: str(status) for status in JobStatus}
+"""An outcome's status as the log names it, looked up: ``str()`` of an enum costs more, per job."""
 
 
 class Completer(Generic[T]):
@@ -41,27 +45,53 @@ class Completer(Generic[T]):
         self._bounded: set[anyio.CancelScope] = set()
 
     def stop(self, deadline: float) -> None:
-        """Bound the writes in flight by ``deadline``; later ones get ``shutdown_timeout`` each."""
+        """Bound the writes in flight by ``deadline``; later ones get ``shutdown_timeout`` each.
+
+        :param deadline: on the monotonic clock
+        """
         for scope in self._bounded:
             scope.deadline = min(scope.deadline, deadline)
 
-    async def record(self, outcome: Outcome[T], worker: int) -> None:
+    def worker_scope(self) -> anyio.CancelScope:
+        """A scope for a worker's whole life, which :meth:`record` bounds once stopping.
+
+        One scope per worker rather than one per write: entering and leaving a cancel scope
+        costs more than the rest of a job's write to a memory store. Its deadline is set only
+        while the worker writes an outcome and the scheduler is stopping; a write it cuts off
+        ends the worker, which would stop after that write anyway.
+        """
+        return anyio.CancelScope()
+
+    async def record(self, outcome: Outcome[T], worker: int, bound: anyio.CancelScope) -> None:
         """Write a finished job's outcome; once stopping, within ``shutdown_timeout``.
 
-        If cancelled meanwhile, try once more, shielded and bounded. A write that does not
-        finish in time, or fails for good, leaves the job to run again when its lease expires:
-        one job's write does not stop the scheduler.
+        ``bound`` is the worker's scope (:meth:`worker_scope`): a stop sets its deadline while
+        the write is in flight, and a write that begins once stopping gets ``shutdown_timeout``.
+        If cancelled otherwise meanwhile, try once more, shielded and bounded. A write that does
+        not finish in time, or fails for good, leaves the job to run again when its lease
+        expires: one job's write does not stop the scheduler.
+
+        :raises: the stop's cancellation of ``bound`` (the worker ends), or any other cancellation
         """
         job = outcome.job
+        self._bounded.add(bound)
+        if self._holdings.stopping:
+            bound.deadline = min(bound.deadline, anyio.current_time() + self._settings.shutdown_timeout)
         try:
-            with self.bounded_once_stopping() as bound:
-                await self._write_logged(job, worker)
+            await self._write_logged(job, worker)
         except BaseException:
-            with anyio.move_on_after(self._settings.shutdown_timeout, shield=True) as bound:
+            if bound.cancel_called:  # the stop's bound: no time left for another try
+                _log_unrecorded(job, worker)
+                raise
+            with anyio.move_on_after(self._settings.shutdown_timeout, shield=True) as retry:
                 await self._write_logged(job, worker)
-            _log_unrecorded(job, worker, bound)
+            if retry.cancelled_caught:
+                _log_unrecorded(job, worker)
             raise
-        _log_unrecorded(job, worker, bound)
+        finally:
+            self._bounded.discard(bound)
+            if bound.deadline != math.inf and not bound.cancel_called:  # the next write gets its own bound
+                bound.deadline = math.inf
 
     async def hand_back(self, jobs: list[Held[T]], *, started: bool) -> None:
         """Release leased jobs so they are visible again at once, with their attempt given back.
@@ -123,7 +153,7 @@ class Completer(Generic[T]):
 
     async def _write_logged(self, job: Job[T], worker: int) -> None:
         try:
-            await self.write(job, str(job.status))
+            await self.write(job, _STATUS_TEXT[job.status])
         except Exception as error:
             logger.error(
                 "job %s on worker %d: outcome not recorded: %r; it runs again when its lease expires",
@@ -150,9 +180,8 @@ class _Bounded:
         return bool(self._scope.__exit__(*exc_info))
 
 
-def _log_unrecorded(job: Job[T], worker: int, bound: anyio.CancelScope) -> None:
-    if bound.cancelled_caught:
-        logger.error(
-            "job %s on worker %d: outcome not recorded within shutdown_timeout; it runs again when its lease expires",
-            *(job.id, worker),
-        )
+def _log_unrecorded(job: Job[T], worker: int) -> None:
+    logger.error(
+        "job %s on worker %d: outcome not recorded within shutdown_timeout; it runs again when its lease expires",
+        *(job.id, worker),
+    )

@@ -44,14 +44,14 @@ class Executor(Generic[T]):
         self._settings = settings
         self._holdings = holdings
 
-    async def run(self, held: Held[T]) -> Outcome[T] | None:
+    async def run(self, held: Held[T], begin: float) -> Outcome[T] | None:
         """Await the handler; the job's next state, or ``None`` if nothing may be written.
 
+        :param begin: the monotonic time now, which the job's timeout runs from
         :raises: the scheduler's own cancellation (the caller hands the job back)
         """
         job, worker = held.job, held.worker
         timeout = self._settings.timeout_of(job.timeout)
-        begin = anyio.current_time()
         if timeout is not None:
             held.scope.deadline = begin + timeout
         self._holdings.running.add(held)
@@ -69,21 +69,26 @@ class Executor(Generic[T]):
             if held.renewal is not None:  # its answer no longer matters: the outcome's write ends the lease
                 held.renewal.cancel()
             self._holdings.running.discard(held)
-        return self._judge(held, error, anyio.current_time() - begin)
+        return self._judge(held, error, begin)
 
-    def _judge(self, held: Held[T], error: BaseException | None, duration: float) -> Outcome[T] | None:
-        """The outcome to write for a finished handler, or ``None`` when none may be written."""
+    def _judge(self, held: Held[T], error: BaseException | None, begin: float) -> Outcome[T] | None:
+        """The outcome to write for a finished handler, or ``None`` when none may be written.
+
+        :param begin: when the handler started (monotonic); the clock is read again only for a
+            log line that is emitted
+        """
         job, worker = held.job, held.worker
         if held.refused or (held.in_doubt and (error is not None or held.scope.cancelled_caught)):
             # Refused: someone else may own the job. In doubt and cut off: it had no result;
             # the job runs again when its lease expires.
+            duration = anyio.current_time() - begin
             logger.warning("job %s on worker %d: lease lost after %.3fs; result not recorded", job.id, worker, duration)
             return None
         if held.scope.cancel_called and not held.in_doubt:  # the job's deadline, even if the handler swallowed it
             timeout = self._settings.timeout_of(job.timeout)
             error = JobTimeoutError(f"the handler ran past the job's timeout of {timeout:g}s and was cancelled")
         outcome = decide(job, error, self._settings.retry, self._settings.now())
-        _log_outcome(outcome, worker, duration, error)
+        _log_outcome(outcome, worker, begin, error)
         return outcome
 
 
@@ -106,12 +111,15 @@ async def _propagate_cancellation(held: Held[T], raised: BaseException) -> None:
     await anyio.lowlevel.checkpoint()  # raises the cancellation of the scope that is cancelling us
 
 
-def _log_outcome(outcome: Outcome[T], worker: int, duration: float, error: BaseException | None) -> None:
+def _log_outcome(outcome: Outcome[T], worker: int, begin: float, error: BaseException | None) -> None:
     job = outcome.job
-    of_budget = "" if outcome.budget is None else f" of {outcome.budget}"
     if outcome.kind == "completed":
-        logger.info("job %s completed on worker %d in %.3fs", job.id, worker, duration)
-    elif outcome.kind == "postponed":
+        if logger.isEnabledFor(logging.INFO):  # the common case: no clock read for a line nobody sees
+            logger.info("job %s completed on worker %d in %.3fs", job.id, worker, anyio.current_time() - begin)
+        return
+    duration = anyio.current_time() - begin
+    of_budget = "" if outcome.budget is None else f" of {outcome.budget}"
+    if outcome.kind == "postponed":
         logger.info("job %s postponed by its handler (%s); due again in %.2fs", job.id, outcome.message, outcome.delay)
     elif outcome.kind == "retry":
         logger.warning(

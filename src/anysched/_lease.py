@@ -58,39 +58,43 @@ class LeaseKeeper(Generic[T]):
         while True:
             await anyio.sleep(self._lease.total_seconds() / 6)
             watch.check()
+            now = anyio.current_time()
             for held in list(self._holdings.running):
                 if held.renewal is not None or held.finished or held.in_doubt:
                     continue
-                left = held.lease_left(self._lease)
+                left = held.lease_left(self._lease, now)
                 if left <= 0:  # every renewal failed (a permanent store error, say)
                     self._lose(held, "its lease ended without a renewal", refused=False)
                 elif left < RENEW_WHEN_REMAINING:
                     held.renewal = anyio.CancelScope()
                     tg.start_soon(self._renew, held, held.renewal, name=f"anysched-renew-{held.job.id}")
 
-    async def fresh_lease(self, held: Held[T]) -> bool:
-        """Whether a buffered job's lease will outlast the first renewal (renewing it if need be).
+    async def fresh_lease(self, held: Held[T]) -> float | None:
+        """When a buffered job's handler may start: at once if its lease will outlast the first
+        renewal, after renewing it if not; ``None`` if it may not run.
 
         A job that waited in the buffer may be near its lease's end; renewing it first means
         the handler never starts on a job someone else may already have claimed. Bounded like
         the renewals of running jobs (by the lease's end) and, once stopping, by the stop.
+
+        :returns: the monotonic time to measure the handler's timeout from, or ``None``
         """
-        if held.lease_left(self._lease) >= RENEW_WHEN_REMAINING:
-            return True
-        now = anyio.current_time()
+        now = anyio.current_time()  # read once per job: the executor's start too
+        if held.lease_left(self._lease, now) >= RENEW_WHEN_REMAINING:
+            return now
         renewed = held.renewed(now, self._lease, self._settings.now())
         why = "its lease ended before the store renewed it"
         try:
             with anyio.move_on_after(held.lease_end(self._lease) - now), self._completer.bounded_once_stopping():
                 await self._completer.update(renewed, "renew lease")
                 held.job, held.anchor = renewed, now
-                return True
+                return anyio.current_time()
         except (LeaseLostError, JobNotFoundError):
             why = "the store says its lease was lost"
         except Exception as error:  # a permanent store error: this job waits out its lease
             why = f"its lease could not be renewed: {error!r}"
         logger.warning("job %s waited for a worker and %s; not running it", held.job.id, why)
-        return False
+        return None
 
     async def _renew(self, held: Held[T], scope: anyio.CancelScope) -> None:
         now = anyio.current_time()

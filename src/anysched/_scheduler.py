@@ -306,7 +306,9 @@ class Scheduler(Generic[T]):
     # -- the workers -------------------------------------------------------------------------
 
     async def _work(self, fetcher: Fetcher[T], receive: MemoryObjectReceiveStream[Held[T]], worker: int) -> None:
-        with receive:
+        # The worker's scope bounds its outcome writes once stopping (Completer.record); a write
+        # it cuts off ends the worker, which was about to stop anyway.
+        with receive, self._completer.worker_scope() as bound:
             while not self._holdings.stopping:
                 try:
                     held = receive.receive_nowait()
@@ -318,7 +320,7 @@ class Scheduler(Generic[T]):
                 except anyio.EndOfStream:
                     return
                 try:
-                    if await self._process(held, worker):
+                    if await self._process(held, worker, bound):
                         fetcher.wake()  # a retry: the fetcher may sleep past its new due time
                 finally:
                     self._holdings.take(held)
@@ -327,8 +329,10 @@ class Scheduler(Generic[T]):
                 # starve every other task: yield once per job.
                 await anyio.lowlevel.checkpoint()
 
-    async def _process(self, held: Held[T], worker: int) -> bool:
+    async def _process(self, held: Held[T], worker: int, bound: anyio.CancelScope) -> bool:
         """Run one job and record its outcome; on our own cancellation, hand the job back.
+
+        :param bound: the worker's scope, which a stop bounds while the outcome is written
 
         :returns: whether the job is due again (a retry or a postponement)
         """
@@ -344,16 +348,17 @@ class Scheduler(Generic[T]):
                 assert outcome is not None
                 logger.error("job %s: %s", held.job.id, outcome.message)
             else:
-                if not await self._leases.fresh_lease(held):
+                begin = await self._leases.fresh_lease(held)
+                if begin is None:
                     return False
                 started = True
-                outcome = await self._executor.run(held)
+                outcome = await self._executor.run(held, begin)
         except BaseException:
             await self._completer.hand_back([held], started=started)
             raise
         if outcome is None:
             return False
-        await self._completer.record(outcome, worker)
+        await self._completer.record(outcome, worker, bound)
         return outcome.kind in ("retry", "postponed")
 
 

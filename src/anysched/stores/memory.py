@@ -202,9 +202,10 @@ class MemoryStore(Generic[T]):
     def _put(self, old: Job[T] | None, new: Job[T]) -> None:
         """Store ``new`` in place of ``old`` and index it when it is pending."""
         self._jobs[new.id] = new
-        if old is not None:
-            self._counts[old.status] -= 1
-        self._counts[new.status] += 1
+        if old is None or old.status is not new.status:  # a claim or a renewal changes no count
+            if old is not None:
+                self._counts[old.status] -= 1
+            self._counts[new.status] += 1
         claimable_at = new.claimable_at
         if claimable_at is None:  # finished: never claimed again
             self._current_entry.pop(new.id, None)
