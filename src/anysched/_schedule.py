@@ -51,7 +51,7 @@ class Schedule(Generic[T]):
     """A recurring job: ``payload`` enqueued once per slot, the slots given by ``cron`` or ``every``.
 
     Give exactly one of ``cron`` and ``every``. Every process that runs a scheduler with the same
-    schedule enqueues each slot's job under the same id (:func:`slot_job_id`), so a slot runs
+    schedule enqueues each slot's job under the same id (``slot_job_id``), so a slot runs
     once however many processes declare it.
 
     :param id: names the schedule; part of each slot's job id, so keep it stable
