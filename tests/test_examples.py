@@ -1,4 +1,5 @@
-"""The demo runs to the end on both backends, and Ctrl+C stops it gracefully."""
+"""The examples run as the README says: the demo to the end on both backends, Ctrl+C stops it
+gracefully; the SQLite example on a file, finishing in a second run what a first one left."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
-DEMO = Path(__file__).parent.parent / "examples" / "simple" / "main.py"
+EXAMPLES = Path(__file__).parent.parent / "examples"
+DEMO = EXAMPLES / "simple" / "main.py"
+SQLITE = EXAMPLES / "sqlite" / "main.py"
 
 pytestmark = pytest.mark.slow  # a subprocess run: once per nox run, on the newest Python
 
@@ -47,3 +50,16 @@ def test_ctrl_c_shuts_the_demo_down_gracefully(backend: str) -> None:
     assert "scheduler stopped" in output
     done = next(line for line in output.splitlines() if line.startswith("done: "))
     assert "'pending': 0," not in done  # most jobs were handed back, not run
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_the_sqlite_example_runs_every_job_on_a_file(backend: str, tmp_path: Path) -> None:
+    db = tmp_path / "demo.db"
+    command = [sys.executable, str(SQLITE), "--db", str(db), "--jobs", "4", "--backend", backend]
+    first = subprocess.run(command, capture_output=True, text=True, timeout=60, check=True)
+    assert f"new database {db}: added 4 jobs" in first.stdout
+    assert first.stdout.count("hello, person") == 4
+    assert "all jobs done." in first.stdout
+    again = subprocess.run(command, capture_output=True, text=True, timeout=60, check=True)
+    assert "4 job(s) done before, 0 to go." in again.stdout
+    assert "hello, person" not in again.stdout  # a done job is not run again
