@@ -4,7 +4,7 @@
 3.10-3.13 found here, coverage of them all, and the package build. It says which versions it
 did not find; with ``CI`` set (as ``.ci/run`` sets it) a missing version fails the run.
 ``python3 -m nox -s demo`` runs the demo; ``python3 -m nox -s example -- mongo`` (or ``sqlite``,
-``memory``) runs a store's example, server included.
+``memory``, ``kinds``) runs an example, its server included.
 """
 
 from __future__ import annotations
@@ -145,12 +145,13 @@ EXAMPLES = {
     "memory": ("[trio]", "examples/simple/main.py"),
     "sqlite": ("[trio,sqlite]", "examples/sqlite/main.py"),
     "mongo": ("[mongo]", "examples/mongo/main.py"),
+    "kinds": ("[sqlite]", "examples/kinds/main.py"),
 }
 
 
 @nox.session(python=NEWEST)
 def example(session: nox.Session) -> None:
-    """One store's example, its server included: ``-- mongo`` (or sqlite, memory) [its arguments]."""
+    """One store's example, its server included: ``-- mongo`` (or sqlite, memory, kinds) [arguments]."""
     if not session.posargs or session.posargs[0] not in EXAMPLES:
         session.error(f"name an example: python3 -m nox -s example -- {{{','.join(EXAMPLES)}}} [arguments]")
     name, *arguments = session.posargs
