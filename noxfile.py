@@ -17,7 +17,7 @@ from pathlib import Path
 
 import nox
 
-nox.needs_version = ">=2025.5.1"  # the first with download_python
+nox.needs_version = ">=2025.10.14"  # the first with download_python (--download-python)
 nox.options.default_venv_backend = "uv|virtualenv"
 nox.options.download_python = "never"  # a Python we do not have is reported, not fetched
 nox.options.error_on_missing_interpreters = True  # and a session that cannot get its Python fails
