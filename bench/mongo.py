@@ -1,7 +1,7 @@
 """Benchmark MongoStore: claims/s and end-to-end jobs/s per driver flavour, batched vs one-by-one claims.
 
-    python bench/mongo.py                 # starts secantusd-py (ANYSCHED_SECANTUSD or PATH) on a free port
-    MONGODB_URI=mongodb://... python bench/mongo.py --jobs 1000
+    python bench/mongo.py                 # starts secantusd-py (PATH or .nox/_secantusdb) on a free port
+    ANYSCHED_MONGODB_URL=mongodb://... python bench/mongo.py --jobs 1000
 
 Figures against SecantusDB (a Python reimplementation) say little about a real MongoDB: compare
 the rows with each other, not with another server.
@@ -22,6 +22,7 @@ from collections.abc import AsyncGenerator, Callable, Generator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -133,13 +134,14 @@ def report(rows: list[Row], server: str, args: argparse.Namespace) -> None:
 
 @contextmanager
 def server_uri() -> Generator[tuple[str, str], None, None]:
-    """The server to measure: MONGODB_URI's, or a SecantusDB started here and stopped after."""
-    if uri := os.environ.get("MONGODB_URI"):
-        yield uri, "the server at MONGODB_URI"
+    """The server to measure: ANYSCHED_MONGODB_URL's, or a SecantusDB started here and stopped after."""
+    if uri := os.environ.get("ANYSCHED_MONGODB_URL"):
+        yield uri, "the server at ANYSCHED_MONGODB_URL"
         return
-    binary = os.environ.get("ANYSCHED_SECANTUSD") or shutil.which("secantusd-py")
+    installed_by_nox = Path(__file__).resolve().parent.parent / ".nox" / "_secantusdb" / "bin" / "secantusd-py"
+    binary = shutil.which("secantusd-py") or (str(installed_by_nox) if installed_by_nox.exists() else None)
     if binary is None:
-        sys.exit("set MONGODB_URI, or install SecantusDB and set ANYSCHED_SECANTUSD to its secantusd-py")
+        sys.exit("set ANYSCHED_MONGODB_URL, or run `python3 -m nox -s tests` once (it installs SecantusDB)")
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = int(sock.getsockname()[1])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import pickle
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -118,6 +120,66 @@ def test_an_async_callable_object_is_a_handler() -> None:
     Scheduler(MemoryStore[int](), Handler())
 
 
+async def _no_job() -> None:
+    pass
+
+
+async def _two_jobs(first: Job[int], second: Job[int]) -> None:
+    pass
+
+
+async def _keyword_only(*, job: Job[int]) -> None:
+    pass
+
+
+@pytest.mark.parametrize("bad", [_no_job, _two_jobs, _keyword_only, functools.partial(_two_jobs)])
+def test_a_handler_that_cannot_take_a_job_is_refused_at_construction(bad: Any) -> None:
+    with pytest.raises(TypeError, match=r"handler must take the job as its one positional argument") as raised:
+        Scheduler(MemoryStore[int](), bad)
+    assert "signature (" in str(raised.value)  # says what the handler's signature is
+
+
+class _Handlers:
+    async def method(self, job: Job[int]) -> None:
+        pass
+
+    async def __call__(self, job: Job[int], *, retries: int = 3) -> None:
+        pass
+
+
+async def _with_extras(job: Job[int], extra: int = 0, *more: object, flag: bool = False) -> None:
+    pass
+
+
+async def _anything(*args: object, **kwargs: object) -> None:
+    pass
+
+
+@pytest.mark.parametrize(
+    "good",
+    [
+        handler,
+        _Handlers().method,  # a bound method: self is already given
+        _Handlers(),  # a callable object
+        functools.partial(_two_jobs, Job.create(0)),  # a partial that leaves one argument
+        _with_extras,
+        _anything,
+    ],
+)
+def test_a_handler_that_can_take_a_job_is_accepted(good: Any) -> None:
+    Scheduler(MemoryStore[int](), good)
+
+
+def test_a_handler_whose_signature_cannot_be_read_is_given_the_benefit_of_the_doubt(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def unreadable(obj: object) -> inspect.Signature:
+        raise ValueError(f"no signature found for {obj!r}")  # as for some callables written in C
+
+    monkeypatch.setattr(inspect, "signature", unreadable)
+    Scheduler(MemoryStore[int](), _no_job)
+
+
 def test_a_store_must_have_the_three_methods() -> None:
     class NotAStore:
         async def add_job(self, job: Job[int]) -> None:
@@ -185,8 +247,10 @@ class TestJob:
         assert Job.create(1).id != Job.create(1).id
 
     def test_a_naive_datetime_is_refused(self) -> None:
-        with pytest.raises(ValueError, match="process_after must be timezone-aware"):
+        with pytest.raises(ValueError, match="process_after must be timezone-aware") as raised:
             Job.create(1, process_after=datetime(2030, 1, 1))
+        assert "datetime.now(timezone.utc)" in str(raised.value)  # how to make an aware one
+        assert ".replace(tzinfo=timezone.utc)" in str(raised.value)
         with pytest.raises(ValueError, match="visible_after must be timezone-aware"):
             Job(1, visible_after=datetime(2030, 1, 1))
         with pytest.raises(TypeError, match="processed_at must be a datetime"):

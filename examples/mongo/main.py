@@ -1,17 +1,19 @@
-"""go-sched's email example on anysched and MongoDB: typed email jobs, two workers, Ctrl+C to stop.
+"""go-sched's email example on anysched and MongoDB: typed email jobs, two workers.
 
-Run against the server at MONGO_URI (default mongodb://localhost:27017)::
+Run it against the MongoDB at ANYSCHED_MONGODB_URL, or with that unset against a test server it
+starts and stops itself (see server.py)::
 
-    python examples/mongo/main.py
+    python3 -m nox -s example -- mongo              # installs the test server the first time
+    ANYSCHED_MONGODB_URL="mongodb://localhost:27017" python examples/mongo/main.py
 
 It adds 20 email jobs due in 1 to 30 seconds, sends them with 2 workers (5% of sends fail on
-purpose: those jobs end up failed, with the error stored), and stops gracefully on Ctrl+C.
+purpose: those jobs end up failed, with the error stored), and stops when no job is pending,
+or gracefully on Ctrl+C.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import random
 import sys
 from dataclasses import dataclass
@@ -20,8 +22,9 @@ from datetime import datetime, timedelta, timezone
 import anyio
 from pymongo import AsyncMongoClient
 from pymongo.errors import PyMongoError
+from server import URL_ENV, mongodb_url
 
-from anysched import Job, open_scheduler, shutdown_on_signals
+from anysched import Job, JobStatus, Scheduler, open_scheduler, shutdown_on_signals
 from anysched.stores.mongo import MongoStore
 
 FAILURE_RATE = 0.05
@@ -56,30 +59,43 @@ def email_jobs(now: datetime, count: int = 20) -> list[Job[EmailJob]]:
     ]
 
 
-async def main() -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    uri = os.environ.get("MONGO_URI", "mongodb://localhost:27017")
-    client: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(uri, tz_aware=True, serverSelectionTimeoutMS=3000)
+async def stop_when_done(store: MongoStore[EmailJob], scheduler: Scheduler[EmailJob]) -> None:
+    """Shut the scheduler down once no job is pending (here or in another copy of the example)."""
+    while await store.count(JobStatus.PENDING):  # noqa: ASYNC110 -- the jobs' state lives in the database
+        await anyio.sleep(1)
+    scheduler.shutdown()
+
+
+async def main(url: str) -> int:
+    client: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(url, tz_aware=True, serverSelectionTimeoutMS=3000)
     try:
         try:
             await client.admin.command("ping")
         except PyMongoError as error:  # the message names only the error class: a URI can hold a password
             print(
-                f"no MongoDB server answered at MONGO_URI within 3 s ({type(error).__name__}); "
-                "start one or set MONGO_URI",
+                f"no MongoDB server answered at {URL_ENV} within 3 s ({type(error).__name__}); "
+                f"start one or set {URL_ENV}",
                 file=sys.stderr,
             )
             return 1
         store = MongoStore(client["anysched_example"]["email_jobs"], EmailJob)
-        async with open_scheduler(store, send_email, workers=2) as scheduler:
+        async with (
+            open_scheduler(store, send_email, workers=2) as scheduler,
+            anyio.create_task_group() as tg,
+        ):
             for job in email_jobs(datetime.now(timezone.utc)):
                 await scheduler.add_job(job)
-            logger.info("added 20 email jobs due in 1-30 s; press Ctrl+C to stop")
-            await shutdown_on_signals(scheduler)
+            logger.info("added 20 email jobs due in 1-30 s; press Ctrl+C to stop early")
+            tg.start_soon(stop_when_done, store, scheduler)
+            await shutdown_on_signals(scheduler)  # returns when the scheduler stops
+            tg.cancel_scope.cancel()
         return 0
     finally:
         await client.close()
 
 
 if __name__ == "__main__":
-    sys.exit(anyio.run(main))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    with mongodb_url() as url:
+        status = anyio.run(main, url)
+    sys.exit(status)

@@ -9,6 +9,8 @@ leases due jobs and runs them concurrently on an async handler::
 
 from __future__ import annotations
 
+from importlib.metadata import PackageNotFoundError as _PackageNotFoundError
+from importlib.metadata import version as _version
 from types import FunctionType as _FunctionType
 
 from ._exceptions import AnyschedError as AnyschedError
@@ -40,6 +42,12 @@ from ._store import KnowsNextDueTime as KnowsNextDueTime
 from ._store import SendsWakeUps as SendsWakeUps
 from ._store import StoresSchedules as StoresSchedules
 from .stores.memory import MemoryStore as MemoryStore
+
+try:
+    __version__: str = _version("anysched")
+    """The installed distribution's version (PEP 440), as ``pip show anysched`` gives it."""
+except _PackageNotFoundError:  # pragma: no cover -- imported from a source tree that is not installed
+    __version__ = "0+unknown"
 
 __all__ = (
     "TRANSIENT_ERRORS",

@@ -11,6 +11,7 @@ import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import cast
 
 from ._retry import Backoff, RetryPolicy
 from ._store import JobStore, KnowsNextDueTime
@@ -125,10 +126,31 @@ def next_due_time_of(store: object) -> Callable[[], object] | None:
 
 
 def check_handler(handler: object) -> None:
-    """A ``TypeError`` unless ``handler`` is an async function (or has an async ``__call__``)."""
+    """A ``TypeError`` unless ``handler`` is an async function (or has an async ``__call__``) that
+    can be called with one positional argument, the job."""
     call = getattr(handler, "__call__", None)  # noqa: B004 -- an async __call__ counts too
     if not (inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(call)):
         raise TypeError(f"handler must be an async function (async def handler(job): ...), got {handler!r}")
+    signature = _signature_of(handler)
+    if signature is None:
+        return
+    try:
+        signature.bind(None)  # as the worker calls it: handler(job)
+    except TypeError as error:
+        # Found now rather than at run time, where every job would fail with this same error.
+        raise TypeError(
+            f"handler must take the job as its one positional argument (async def handler(job): ...), "
+            f"but {handler!r} has the signature {signature}: {error}"
+        ) from None
+
+
+def _signature_of(handler: object) -> inspect.Signature | None:
+    """The signature a call of ``handler`` binds to; ``None`` for what cannot be inspected (some
+    callables written in C): those are given the benefit of the doubt."""
+    try:
+        return inspect.signature(cast("Callable[..., object]", handler))  # callable: check_handler saw to it
+    except (TypeError, ValueError):
+        return None
 
 
 def _check_count(name: str, value: int, *, minimum: int) -> int:

@@ -26,7 +26,11 @@ def require_utc(name: str, value: datetime) -> datetime:
         raise TypeError(f"{name} must be a datetime, not {type(value).__name__}")
     offset = value.utcoffset()
     if offset is None:
-        raise ValueError(f"{name} must be timezone-aware (UTC), got naive datetime {value!r}")
+        raise ValueError(
+            f"{name} must be timezone-aware, got a naive datetime ({value!r}): make aware ones with "
+            "datetime.now(timezone.utc), or attach the zone a naive one is in, e.g. "
+            "value.replace(tzinfo=timezone.utc) (from datetime import timezone)"
+        )
     if offset or value.tzinfo is not timezone.utc:
         value = value.astimezone(timezone.utc)
     return value

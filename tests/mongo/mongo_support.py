@@ -1,9 +1,9 @@
 """Helpers for the MongoStore tests: a server, clients of each driver flavour, fresh collections.
 
-The server is the one at ``MONGODB_URI`` when that is set (a real MongoDB, say), else a
-SecantusDB (``secantusd-py``, found through ``ANYSCHED_SECANTUSD`` or on ``PATH``) that the
-session starts on a free loopback port and stops at the end. SecantusDB is GPL: it runs only
-as a separate process from its own virtualenv and is never imported.
+The server is the one at ``ANYSCHED_MONGODB_URL`` when that is set (a real MongoDB, say), else a
+SecantusDB (``secantusd-py``, found on ``PATH`` or where ``python3 -m nox`` installs it,
+``.nox/_secantusdb``) that the session starts on a free loopback port and stops at the end.
+SecantusDB is GPL: it runs only as a separate process from its own virtualenv and is never imported.
 """
 
 from __future__ import annotations
@@ -30,8 +30,9 @@ import pymongo
 import pymongo.errors
 import pytest
 
-URI_ENV = "MONGODB_URI"
-BINARY_ENV = "ANYSCHED_SECANTUSD"
+URI_ENV = "ANYSCHED_MONGODB_URL"
+BINARY_ENV = "ANYSCHED_SECANTUSD"  # internal: a secantusd-py elsewhere (nobody has to set it)
+NOX_SECANTUSD = Path(__file__).resolve().parents[2] / ".nox" / "_secantusdb" / "bin" / "secantusd-py"
 DATABASE = f"anysched_test_{uuid.uuid4().hex[:8]}"
 CLIENT_OPTIONS: dict[str, Any] = {"tz_aware": True, "serverSelectionTimeoutMS": 10_000}
 
@@ -45,7 +46,8 @@ FLAVOURS = {
 
 
 def secantusd_binary() -> str | None:
-    return os.environ.get(BINARY_ENV) or shutil.which("secantusd-py")
+    installed_by_nox = str(NOX_SECANTUSD) if NOX_SECANTUSD.exists() else None
+    return os.environ.get(BINARY_ENV) or shutil.which("secantusd-py") or installed_by_nox
 
 
 def no_server(reason: str) -> NoReturn:
@@ -63,7 +65,7 @@ def free_port() -> int:
 
 @dataclass
 class Server:
-    """A MongoDB-compatible server for the tests; ``process`` is ``None`` for ``MONGODB_URI``'s."""
+    """A MongoDB-compatible server for the tests; ``process`` is ``None`` for ``ANYSCHED_MONGODB_URL``'s."""
 
     uri: str
     binary: str | None = None
@@ -126,8 +128,8 @@ def launch_secantusd(tmp: Path, *, storage: str = ":memory:", durable: bool = Fa
     binary = secantusd_binary()
     if binary is None:
         no_server(
-            f"no MongoDB-compatible server: set {URI_ENV} to a MongoDB, or install SecantusDB "
-            f"(pip install SecantusDB==0.7.0b3 into its own venv) and put secantusd-py on PATH or in {BINARY_ENV}"
+            f"no MongoDB-compatible server: set {URI_ENV} to a MongoDB, or run `python3 -m nox -s tests`, "
+            f"which installs SecantusDB into {NOX_SECANTUSD.parent.parent}, or put its secantusd-py on PATH"
         )
     return Server.launch(binary, tmp / "secantusd.log", storage=storage, durable=durable)
 

@@ -1,6 +1,6 @@
 """MongoStore's wake-ups: a change stream on the jobs collection, on every driver flavour.
 
-The server (SecantusDB unless ``MONGODB_URI`` says otherwise) must support change streams; a
+The server (SecantusDB unless ``ANYSCHED_MONGODB_URL`` says otherwise) must support change streams; a
 server without them is simulated at the driver boundary. Real I/O: real clock, bounded waits.
 """
 
