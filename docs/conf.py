@@ -51,7 +51,8 @@ nitpick_ignore_regex = [
     ("py:.*", r"anysched(\.[\w.]+)?\.[TPR]"),  # type variables
     ("py:.*", r"(datetime|date|dataclasses|timedelta|collections|typing|types|enum|os|signal|contextlib|abc)\..*"),
     ("py:.*", r"(anyio|trio|pytest|pymongo|motor|pydantic|_pytest|sqlite3|psycopg|psycopg_pool)\b.*"),
-    ("py:class", r"(datetime|timedelta|AsyncCollection|AsyncIOMotorCollection|Collection|ConnectionPool|AsyncConnectionPool)"),
+    ("py:class", r"(datetime|timedelta|AsyncCollection|AsyncIOMotorCollection|Collection)"),
+    ("py:class", r"(ConnectionPool|AsyncConnectionPool)"),
     ("py:.*", r"(T|P|R|Any|Callable|Awaitable|Literal|Seconds|Self|Misfire)"),
     ("py:class", r"(str|int|float|bool|object|type|list|dict|tuple|Exception|BaseException)"),
     ("py:class", r"(ValueError|TypeError|KeyError|RuntimeError|TimeoutError|ConnectionError)"),
