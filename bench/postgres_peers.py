@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import os
 import time
 import uuid
+from typing import Any
 
 PGQ_SCHEMA = f"anysched_bench_pgq_{uuid.uuid4().hex[:8]}"
 os.environ["PGQUEUER_SCHEMA"] = PGQ_SCHEMA  # read when pgqueuer builds its settings
@@ -29,7 +31,7 @@ async def drop_schema(schema: str) -> None:
 
 
 async def pgqueuer_rate(jobs: int, workers: int) -> float:
-    import asyncpg
+    asyncpg: Any = importlib.import_module("asyncpg")  # no type information: Any, explicitly
     from pgqueuer import AsyncpgDriver, Queries, QueueManager
     from pgqueuer.models import Job
     from pgqueuer.types import QueueExecutionMode
@@ -62,6 +64,7 @@ async def pgqueuer_rate(jobs: int, workers: int) -> float:
 
 async def procrastinate_rate(jobs: int, workers: int) -> float:
     import procrastinate
+    from psycopg import sql
 
     schema = f"anysched_bench_pro_{uuid.uuid4().hex[:8]}"
     await drop_schema(schema)
@@ -73,8 +76,8 @@ async def procrastinate_rate(jobs: int, workers: int) -> float:
         pass
 
     async with app.open_async():
-        async with connector.pool.connection() as connection:  # type: ignore[attr-defined]
-            await connection.execute(f'CREATE SCHEMA "{schema}"')
+        async with connector.pool.connection() as connection:
+            await connection.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
         await app.schema_manager.apply_schema_async()
         for _ in range(jobs):
             await noop.defer_async()

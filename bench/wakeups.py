@@ -25,9 +25,10 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, Callable, Generator
 from contextlib import AbstractAsyncContextManager, ExitStack, asynccontextmanager, contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -62,7 +63,7 @@ def _prepare_sqlite(stack: ExitStack, workdir: str) -> Callable[[], str] | None:
 
 
 @asynccontextmanager
-async def _open_sqlite(target: str) -> AsyncIterator[JobStore[Tick]]:
+async def _open_sqlite(target: str) -> AsyncGenerator[JobStore[Tick]]:
     from anysched.stores.sqlite import SQLiteStore
 
     async with SQLiteStore(target, Tick, synchronous="normal") as store:
@@ -73,8 +74,11 @@ async def _open_sqlite(target: str) -> AsyncIterator[JobStore[Tick]]:
 
 
 def _prepare_mongo(stack: ExitStack, workdir: str) -> Callable[[], str] | None:
+    # bench/mongo.py, beside this file, as bench.mongo from the repository's root: a plain `import mongo`
+    # would be tests/mongo to the type checkers, which have that folder on their search path
+    sys.path.append(str(Path(__file__).resolve().parent.parent))
     try:
-        import mongo  # bench/mongo.py, beside this file: it starts a SecantusDB or uses MONGODB_URI
+        from bench import mongo  # it starts a SecantusDB or uses MONGODB_URI
     except ImportError as error:
         print(f"mongo: skipped ({error})", file=sys.stderr)
         return None
@@ -87,7 +91,7 @@ def _prepare_mongo(stack: ExitStack, workdir: str) -> Callable[[], str] | None:
 
 
 @asynccontextmanager
-async def _open_mongo(target: str) -> AsyncIterator[JobStore[Tick]]:
+async def _open_mongo(target: str) -> AsyncGenerator[JobStore[Tick]]:
     import pymongo
 
     from anysched.stores.mongo import MongoStore
@@ -185,7 +189,7 @@ def report(rows: list[Row], args: argparse.Namespace) -> None:
 
 
 @contextmanager
-def workdir() -> Iterator[str]:
+def workdir() -> Generator[str]:
     with tempfile.TemporaryDirectory(prefix="anysched-wakeups-") as path:
         yield path
 

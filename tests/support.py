@@ -41,10 +41,13 @@ class RunOptions(TypedDict, total=False):
 
 
 class SchedulerOptions(RunOptions, total=False):
-    """The scheduler's keyword options, for a test that passes one set of them to several schedulers."""
+    """The scheduler's keyword options, for a test that passes one set of them to several schedulers
+    (but ``schedules``, whose type is the payload's: a test passes it by name)."""
 
     fetch_interval: float | timedelta
     clock: Callable[[], datetime]
+    wake_ups: bool
+    schedule_refresh: float | timedelta
 
 
 FAST_RETRY = Backoff(initial=0.001, maximum=0.01, jitter=0.001)

@@ -9,7 +9,7 @@ within a second of (virtual) time was started by a wake-up, not by the fetcher's
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from contextlib import asynccontextmanager
 from datetime import datetime
 
@@ -47,7 +47,7 @@ class WakingStore(WrappedStore[int]):
         self.hang_exiting = False
 
     @asynccontextmanager
-    async def wake_ups(self, wake: Callable[[], None]) -> AsyncIterator[None]:
+    async def wake_ups(self, wake: Callable[[], None]) -> AsyncGenerator[None]:
         self.entered.append(anyio.current_time())
         if self.hang_entering:
             await anyio.sleep_forever()
@@ -130,7 +130,7 @@ async def test_wake_ups_false_never_listens(clock: Clock) -> None:
 
 def test_wake_ups_must_be_a_bool() -> None:
     with pytest.raises(TypeError, match="wake_ups"):
-        open_scheduler(MemoryStore[int](), Recorder[int](), wake_ups=1)  # type: ignore[arg-type]
+        open_scheduler(MemoryStore[int](), Recorder[int](), wake_ups=1)  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
 
 
 async def test_a_listener_that_cannot_start_is_retried_with_backoff_and_logged_once(

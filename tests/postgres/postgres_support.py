@@ -11,12 +11,15 @@ import subprocess
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.to_thread
 import psycopg
 from psycopg import sql
+
+if TYPE_CHECKING:
+    from typing_extensions import LiteralString  # typing's, from Python 3.11
 
 URL_ENV = "ANYSCHED_POSTGRES_URL"
 LOCAL_URL = "postgresql://127.0.0.1:5432/test"
@@ -130,12 +133,12 @@ class CallersConnection:
     async def __aexit__(self, *exc_info: object) -> None:
         await self._call("close")
 
-    async def execute(self, query: sql.Composable | str) -> None:
+    async def execute(self, query: sql.Composed | LiteralString) -> None:
         connection = self.connection
         if isinstance(connection, psycopg.AsyncConnection):
-            await connection.execute(query)  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
+            await connection.execute(query)
         elif connection is not None:
-            await anyio.to_thread.run_sync(connection.execute, query)
+            await anyio.to_thread.run_sync(lambda: connection.execute(query))
 
     async def commit(self) -> None:
         await self._call("commit")

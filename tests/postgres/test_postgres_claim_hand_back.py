@@ -39,7 +39,7 @@ def _lose_the_claims_reply(store: PostgresStore[Payload], after: Callable[[], No
             await anyio.lowlevel.checkpoint()  # where a cancellation lands
         return result
 
-    connections.run = run  # type: ignore[method-assign]  # pyright: ignore[reportAttributeAccessIssue]
+    connections.run = run  # type: ignore[method-assign]
 
 
 async def _all_handed_back(store: PostgresStore[Payload]) -> None:

@@ -4,6 +4,7 @@ the transactional enqueue (the outbox pattern) on asyncio and trio."""
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -24,7 +25,7 @@ NOW = datetime(2030, 1, 1, tzinfo=timezone.utc)
 VT = timedelta(seconds=30)
 
 
-def _execute(url: str, query: sql.Composable, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+def _execute(url: str, query: sql.Composed, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
     with psycopg.connect(url, autocommit=True) as connection:
         cursor = connection.execute(query, params)
         return cursor.fetchall() if cursor.description else []
@@ -134,15 +135,11 @@ async def test_completed_jobs_past_their_ttl_are_deleted_after_a_claim(postgres_
         for n in range(3):
             await store.add_job(Job.create(Payload(n), id=f"j{n}", process_after=NOW))
         for job in await store.fetch_pending_jobs(NOW, 2, VT):
-            done = Job(**{**_fields(job), "status": JobStatus.COMPLETED, "processed_at": NOW, "visible_after": None})
+            done = replace(job, status=JobStatus.COMPLETED, processed_at=NOW, visible_after=None)
             await store.update_job(done)
         await store.fetch_pending_jobs(NOW + timedelta(seconds=61), 0 + 1, VT)
         assert await store.count(JobStatus.COMPLETED) == 0
         assert await store.count() == 1
-
-
-def _fields(job: Job[Payload]) -> dict[str, Any]:
-    return {name: getattr(job, name) for name in Job.__dataclass_fields__}
 
 
 async def test_a_payload_the_server_refuses_is_a_payload_error(store: PostgresStore[Payload]) -> None:

@@ -15,11 +15,16 @@ from postgres_support import terminate_backends
 from anysched import Backoff, Job, JobStatus, open_scheduler
 from anysched.stores.postgres import PostgresStore
 from anysched.testing import Payload
-from support import RetryScenario
+from support import RetryScenario, SchedulerOptions
 
 pytestmark = pytest.mark.anyio
 
-FAST = {"fetch_interval": 0.2, "store_backoff": Backoff(initial=0.05, maximum=0.5, jitter=0.05)}
+STORE_BACKOFF = Backoff(initial=0.05, maximum=0.5, jitter=0.05)
+
+
+def fast(workers: int) -> SchedulerOptions:
+    """A scheduler of ``workers`` that polls often and retries the store soon."""
+    return {"workers": workers, "fetch_interval": 0.2, "store_backoff": STORE_BACKOFF}
 
 
 class Done:
@@ -54,7 +59,7 @@ async def test_a_scheduler_processes_a_batch_end_to_end(store: PostgresStore[Pay
             raise ValueError(f"job {job.payload.n} fails on purpose")
 
     with anyio.fail_after(60):
-        async with open_scheduler(store, handler, workers=4, **FAST):
+        async with open_scheduler(store, handler, **fast(4)):
             await done.all_done.wait()
     assert set(done.handled) == set(ids)
     assert all(count == 1 for count in done.handled.values())
@@ -76,10 +81,11 @@ async def test_schedulers_sharing_a_table_never_share_a_job(postgres_url: str, s
                 done.record(job, who)
                 await anyio.lowlevel.checkpoint()
 
-            async with open_scheduler(store, handler, workers=3, **FAST):
+            async with open_scheduler(store, handler, **fast(3)):
                 ready.set()
                 await done.all_done.wait()
 
+    ids: list[str] = []  # the adder's; bound before the blocks, which might swallow an exception to pyright
     with anyio.fail_after(90):
         async with anyio.create_task_group() as tg:
             started = [anyio.Event() for _ in range(schedulers)]
@@ -96,7 +102,7 @@ async def test_schedulers_sharing_a_table_never_share_a_job(postgres_url: str, s
 
 async def test_retries_timeouts_and_explicit_outcomes_on_postgres(store: PostgresStore[Payload]) -> None:
     scenario = RetryScenario()
-    await scenario.run(store, store_backoff=FAST["store_backoff"])
+    await scenario.run(store, store_backoff=STORE_BACKOFF)
     scenario.check({job_id: await store.get_job(job_id) for job_id in scenario.runs})
 
 
@@ -119,7 +125,7 @@ async def test_the_run_goes_on_when_the_server_kills_the_stores_connections(
     with anyio.fail_after(90):
         async with PostgresStore(url, Payload, schema=schema) as store:
             ids = await _add(store, count)
-            async with open_scheduler(store, handler, workers=4, **FAST):
+            async with open_scheduler(store, handler, **fast(4)):
                 await done.all_done.wait()
             assert await store.count(JobStatus.COMPLETED) == count  # every outcome was written
     assert len(kills) == len(kill_at)

@@ -15,7 +15,7 @@ import os
 import random
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import Any
@@ -41,7 +41,7 @@ def record(fd: int, event: str, job: Job[int]) -> None:
 
 
 @asynccontextmanager
-async def open_store(kind: str, target: list[str]) -> AsyncIterator[JobStore[int]]:
+async def open_store(kind: str, target: list[str]) -> AsyncGenerator[JobStore[int]]:
     if kind == "sqlite":
         from anysched.stores.sqlite import SQLiteStore
 
@@ -54,7 +54,8 @@ async def open_store(kind: str, target: list[str]) -> AsyncIterator[JobStore[int
 
         uri, database, collection = target
         client: pymongo.MongoClient[dict[str, Any]]
-        with pymongo.MongoClient(uri, tz_aware=True, serverSelectionTimeoutMS=10_000) as client:
+        client = pymongo.MongoClient(uri, tz_aware=True, serverSelectionTimeoutMS=10_000)
+        with client:
             yield MongoStore(client[database][collection], int)
 
 

@@ -64,6 +64,8 @@ async def simulate(schedules: tuple[Schedule[int], ...], hours: float) -> dict[s
 
     ticker = Ticker(schedules, add, clock)
     began = time.process_time()
+    started: float | None = None  # bound before the block, which might swallow an exception to pyright
+    at_start = 0
     async with anyio.create_task_group() as tg:
         await tg.start(ticker.run)
         await anyio.lowlevel.checkpoint()
@@ -72,6 +74,7 @@ async def simulate(schedules: tuple[Schedule[int], ...], hours: float) -> dict[s
         await anyio.sleep(hours * 3600)
         tg.cancel_scope.cancel()
     ended = time.process_time()
+    assert started is not None, "the ticker never started"
     day = (ended - started) * 24 / hours
     expected = expected_ids(schedules, EPOCH, EPOCH + timedelta(hours=hours))
     assert ids >= expected, f"{len(expected - ids)} slot(s) never fired"

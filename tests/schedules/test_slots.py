@@ -238,8 +238,9 @@ def test_slot_of_a_job_no_schedule_made_is_none() -> None:
     ],
 )
 def test_a_bad_option_is_refused_by_name(options: dict[str, Any], error: type[Exception], names: str) -> None:
+    fields: dict[str, Any] = {"id": "s", "payload": 0, **options}  # an "id" in options replaces this one
     with pytest.raises(error, match=names):
-        Schedule(**{"id": "s", "payload": 0, **options})
+        Schedule(**fields)
 
 
 def test_the_names_mean_the_usual_expressions() -> None:

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import pytest
@@ -44,8 +44,9 @@ def every(seconds: float, **options: Any) -> Schedule[str]:
 
 
 async def test_put_list_remove_and_the_marker(stores: tuple[Any, Any]) -> None:
-    store, _ = stores
-    assert isinstance(store, StoresSchedules)
+    mine, _ = stores
+    assert isinstance(mine, StoresSchedules)
+    store = cast("StoresSchedules[str]", mine)  # isinstance cannot check its payload type
     assert await store.list_schedules() == []
     first = await store.schedules_marker()
     full = Schedule(

@@ -200,6 +200,7 @@ async def test_replacing_schedules_keeps_what_was_handled_and_wakes_the_ticker(c
 
     hourly = Schedule(id="hourly", payload="p", every=timedelta(hours=1))
     ticker = Ticker((), add, clock, follows_store=True)
+    start: datetime | None = None  # bound before the blocks, which might swallow an exception to pyright
     with anyio.fail_after(10):
         async with anyio.create_task_group() as tg:
             await tg.start(ticker.run)

@@ -4,6 +4,9 @@ Two store objects on one file stand for two processes (each has its own connecti
 what ``PRAGMA data_version`` tells apart). Real clock, both backends: the store works in threads.
 """
 
+# White-box: one test asks the store's private wake-up predicate (_EarliestClaimable) directly.
+# pyright: reportPrivateUsage=false
+
 from __future__ import annotations
 
 import sqlite3
