@@ -5,9 +5,9 @@ each arrives; process B (a child running this file with ``--role worker``) runs 
 the same database that records when each handler starts. The latency of a job is from the moment
 A's ``add_job`` returned to the moment B's handler started (both read ``time.time()`` on one machine).
 
-    python bench/wakeups.py                        # SQLite and MongoDB (SecantusDB: ANYSCHED_SECANTUSD)
+    python bench/wakeups.py                        # SQLite and MongoDB (SecantusDB unless ANYSCHED_MONGODB_URL)
     python bench/wakeups.py --stores sqlite --jobs 200 --backend trio
-    MONGODB_URI=mongodb://... python bench/wakeups.py --stores mongo
+    ANYSCHED_MONGODB_URL=mongodb://... python bench/wakeups.py --stores mongo
 
 A store is one entry of ``STORES``: how to prepare a database both processes reach (a target
 string) and how to open a store on it.
@@ -78,14 +78,15 @@ def _prepare_mongo(stack: ExitStack, workdir: str) -> Callable[[], str] | None:
     # would be tests/mongo to the type checkers, which have that folder on their search path
     sys.path.append(str(Path(__file__).resolve().parent.parent))
     try:
-        from bench import mongo  # it starts a SecantusDB or uses MONGODB_URI
+        from bench import mongo  # it starts a SecantusDB or uses ANYSCHED_MONGODB_URL
     except ImportError as error:
         print(f"mongo: skipped ({error})", file=sys.stderr)
         return None
-    if not (os.environ.get("MONGODB_URI") or os.environ.get("ANYSCHED_SECANTUSD")):
-        print("mongo: skipped (set MONGODB_URI or ANYSCHED_SECANTUSD)", file=sys.stderr)
+    try:
+        uri, server = stack.enter_context(mongo.server_uri())
+    except SystemExit as no_server:  # neither ANYSCHED_MONGODB_URL nor a SecantusDB to start: the rest still runs
+        print(f"mongo: skipped ({no_server})", file=sys.stderr)
         return None
-    uri, server = stack.enter_context(mongo.server_uri())
     print(f"mongo: {server}", file=sys.stderr)
     return lambda: json.dumps({"uri": uri, "collection": f"wakeups_{uuid.uuid4().hex[:8]}"})
 

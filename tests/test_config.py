@@ -177,7 +177,7 @@ def test_a_handler_whose_signature_cannot_be_read_is_given_the_benefit_of_the_do
         raise ValueError(f"no signature found for {obj!r}")  # as for some callables written in C
 
     monkeypatch.setattr(inspect, "signature", unreadable)
-    Scheduler(MemoryStore[int](), _no_job)
+    Scheduler(MemoryStore[int](), _no_job)  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
 
 
 def test_a_store_must_have_the_three_methods() -> None:
