@@ -1,4 +1,4 @@
-"""Every ```python block in docs/ runs as written, on asyncio and on trio, or says why it does not.
+"""Every ```python block in docs/ and README.md runs as written, on asyncio and on trio, or says why it does not.
 
 A page's blocks run in order in one module, as a reader would paste them into one file, in a
 temporary directory (so a SQLite file lands there). ``anyio.run(main)`` in a block runs ``main``
@@ -8,6 +8,9 @@ keeps it. A block that cannot run here is preceded by a MyST comment line giving
 preceded by ``% run: as a program, stopped with SIGINT once it prints a line``: it runs alone, in
 a subprocess, and must stop cleanly. A block followed by a line "This prints:" and a ```text block
 must print exactly that.
+
+README.md is a page too, but GitHub and package indexes render it, not MyST: its markers are HTML
+comments, which both hide (``<!-- not run: a fragment -->``).
 """
 
 from __future__ import annotations
@@ -30,10 +33,26 @@ import pytest
 
 import anysched.stores
 
-DOCS = Path(__file__).parent.parent / "docs"
+ROOT = Path(__file__).parent.parent
+DOCS = ROOT / "docs"
+README = ROOT / "README.md"
 FENCE = re.compile(r"^```python$")
-NOT_RUN = re.compile(r"^% not run: (?P<reason>\S.*)$")
-STOPPED_BY_SIGINT = "% run: as a program, stopped with SIGINT once it prints a line"
+NOT_RUN = re.compile(r"^not run: (?P<reason>\S.*)$")
+STOPPED_BY_SIGINT = "run: as a program, stopped with SIGINT once it prints a line"
+MYST_COMMENT = re.compile(r"^% (?P<text>.*)$")
+HTML_COMMENT = re.compile(r"^<!-- (?P<text>.*) -->$")
+
+
+def comment_syntax(page: Path) -> re.Pattern[str]:
+    """How a page writes a one-line comment: an HTML comment in the README (which GitHub and
+    package indexes render), a MyST comment in the docs."""
+    return HTML_COMMENT if page == README else MYST_COMMENT
+
+
+def marker(page: Path, line: str) -> str | None:
+    """The text of a one-line comment of ``page``, or ``None`` when ``line`` is not one."""
+    comment = comment_syntax(page).match(line)
+    return comment.group("text") if comment else None
 
 
 @dataclass(frozen=True)
@@ -59,9 +78,9 @@ def python_blocks(page: Path) -> list[Block]:
     for number, line in enumerate(lines):
         if FENCE.match(line):
             end = lines.index("```", number + 1)
-            above = lines[number - 1] if number else ""
-            marker = NOT_RUN.match(above)
-            reason = marker.group("reason") if marker else None
+            above = marker(page, lines[number - 1]) if number else None
+            not_run = NOT_RUN.match(above or "")
+            reason = not_run.group("reason") if not_run else None
             code = "\n".join(lines[number + 1 : end]) + "\n"
             prints = _output_shown_after(lines, end)
             blocks.append(Block(page, number + 1, code, reason, program=above == STOPPED_BY_SIGINT, prints=prints))
@@ -76,24 +95,42 @@ def _output_shown_after(lines: list[str], fence_end: int) -> str | None:
     return "\n".join(lines[fence_end + 5 : end]) + "\n"
 
 
-PAGES = sorted(DOCS.rglob("*.md"))
+PAGES = [*sorted(DOCS.rglob("*.md")), README]
 RUNNABLE = [page for page in PAGES if any(block.runs_in_page for block in python_blocks(page))]
 PROGRAMS = [block for page in PAGES for block in python_blocks(page) if block.program]
 
 
+def page_id(page: Path) -> str:
+    return str(page.relative_to(ROOT))
+
+
 def test_the_pages_have_snippets_to_run() -> None:
     """A guard against a parser that finds nothing (and so tests nothing)."""
-    assert {"index.md", "tutorial.md"} <= {page.name for page in RUNNABLE}
+    assert {"index.md", "tutorial.md", "README.md"} <= {page.name for page in RUNNABLE}
     assert PROGRAMS
     assert any(block.prints for page in RUNNABLE for block in python_blocks(page))
+    assert any(block.not_run for block in python_blocks(README))  # its HTML comment markers are read
 
 
 def test_every_marker_is_right_above_a_block() -> None:
+    """A marker that is not on the line right above a ```python block (a typo, a blank line
+    between) would leave its block run, or a block unmarked: each one must be where it acts."""
     for page in PAGES:
-        text = page.read_text(encoding="utf-8")
+        markers = [text for line in page.read_text(encoding="utf-8").splitlines() if (text := marker(page, line))]
         blocks = python_blocks(page)
-        assert text.count("% not run:") == sum(block.not_run is not None for block in blocks), page
-        assert text.count(STOPPED_BY_SIGINT) == sum(block.program for block in blocks), page
+        not_run = [text for text in markers if text.startswith("not run")]
+        assert len(not_run) == sum(block.not_run is not None for block in blocks), page_id(page)
+        assert markers.count(STOPPED_BY_SIGINT) == sum(block.program for block in blocks), page_id(page)
+
+
+def test_markers_use_the_page_s_own_comment_syntax() -> None:
+    """A MyST ``% not run:`` line in the README would show on GitHub and PyPI as text, and an HTML
+    comment in the docs is not what the docs' test reads: each page uses its own."""
+    for page in PAGES:
+        other = MYST_COMMENT if page == README else HTML_COMMENT
+        for line in page.read_text(encoding="utf-8").splitlines():
+            text = other.match(line)
+            assert not (text and text.group("text").startswith(("not run", "run:"))), f"{page_id(page)}: {line}"
 
 
 @pytest.fixture
@@ -125,7 +162,7 @@ def module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[types.Mo
 
 
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
-@pytest.mark.parametrize("page", RUNNABLE, ids=[str(page.relative_to(DOCS)) for page in RUNNABLE])
+@pytest.mark.parametrize("page", RUNNABLE, ids=[page_id(page) for page in RUNNABLE])
 def test_the_snippets_of_a_page_run(
     page: Path, backend: str, run_on: Callable[[str], None], module: types.ModuleType
 ) -> None:
