@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
 
+import anyio
 import psycopg
 import pytest
 from psycopg import sql
@@ -116,3 +117,23 @@ async def test_a_put_rolled_back_by_the_server_leaves_schedules_and_marker_as_th
         await mine.put_schedule(every(60, "refused"))
     assert await mine.schedules_marker() == marker
     assert await mine.list_schedules() == [every(60)]
+
+
+async def test_concurrent_puts_and_removes_of_one_id_never_deadlock_and_each_moves_the_marker(
+    stores: tuple[PostgresStore[str], PostgresStore[str]],
+) -> None:
+    mine, theirs = stores
+    start = await mine.schedules_marker()
+    removed: list[bool] = []
+
+    async def writes(store: PostgresStore[str], rounds: int) -> None:
+        for _ in range(rounds):
+            await store.put_schedule(every(60))
+            removed.append(await store.remove_schedule("tick"))
+
+    with anyio.fail_after(60):  # a deadlock would be broken by the server, failing one write
+        async with anyio.create_task_group() as group:
+            for store in (mine, theirs, mine, theirs):
+                group.start_soon(writes, store, 10)
+    assert await mine.schedules_marker() == start + 40 + sum(removed)  # every put, and every remove that found one
+    assert await mine.list_schedules() == []  # every round ended with a remove, and the last one found it

@@ -96,7 +96,8 @@ class PostgresStore(Generic[T]):
     :param payload_type: the payload's type (a dataclass, ``TypedDict``, pydantic model…);
         payloads are stored as ``jsonb`` through pydantic
     :param schema: the PostgreSQL schema of the store's tables (created if missing)
-    :param table: the jobs table's name; ``<table>_meta`` beside it keeps the schema version
+    :param table: the jobs table's name; ``<table>_meta`` beside it keeps the schema version,
+        ``<table>_schedules`` the schedules (:class:`~anysched.StoresSchedules`)
     :param completed_ttl: when set, completed jobs older than this are deleted now and then,
         after a claim (never inside one), a few hundred per statement
     :param wake_ups: ``NOTIFY`` on insert, release and retry, and listen for them in
