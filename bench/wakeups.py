@@ -5,9 +5,10 @@ each arrives; process B (a child running this file with ``--role worker``) runs 
 the same database that records when each handler starts. The latency of a job is from the moment
 A's ``add_job`` returned to the moment B's handler started (both read ``time.time()`` on one machine).
 
-    python bench/wakeups.py                        # SQLite and MongoDB (SecantusDB unless ANYSCHED_MONGODB_URL)
+    python bench/wakeups.py                        # SQLite, MongoDB (SecantusDB unless ANYSCHED_MONGODB_URL), PostgreSQL
     python bench/wakeups.py --stores sqlite --jobs 200 --backend trio
     ANYSCHED_MONGODB_URL=mongodb://... python bench/wakeups.py --stores mongo
+    ANYSCHED_POSTGRES_URL=postgresql://... python bench/wakeups.py --stores postgres   # default 127.0.0.1:5432/test
 
 A store is one entry of ``STORES``: how to prepare a database both processes reach (a target
 string) and how to open a store on it.
@@ -113,10 +114,53 @@ async def _open_mongo(target: str) -> AsyncGenerator[JobStore[Tick]]:
             await anyio.to_thread.run_sync(client.close)
 
 
+# -- PostgreSQL -------------------------------------------------------------------------------------
+
+_POSTGRES_SCHEMA = "anysched_bench_wakeups"
+"""The bench's own schema (a table per measurement in it), dropped at the end."""
+
+
+def _prepare_postgres(stack: ExitStack, workdir: str) -> Callable[[], str] | None:
+    try:
+        import psycopg
+        from psycopg import sql
+    except ImportError as error:
+        print(f"postgres: skipped ({error}; pip install anysched[postgres])", file=sys.stderr)
+        return None
+    url = os.environ.get("ANYSCHED_POSTGRES_URL", "postgresql://127.0.0.1:5432/test")
+    try:
+        with psycopg.connect(url, connect_timeout=5):
+            pass
+    except psycopg.Error as error:  # its type only: the message may name the host and user
+        print(
+            f"postgres: skipped (no server answered: {type(error).__name__}; set ANYSCHED_POSTGRES_URL)",
+            file=sys.stderr,
+        )
+        return None
+
+    def drop_schema() -> None:
+        with psycopg.connect(url, autocommit=True) as connection:
+            connection.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(_POSTGRES_SCHEMA)))
+
+    drop_schema()  # what an interrupted run left
+    stack.callback(drop_schema)
+    print("postgres: the server at ANYSCHED_POSTGRES_URL (default 127.0.0.1:5432/test)", file=sys.stderr)
+    return lambda: json.dumps({"url": url, "table": f"wakeups_{uuid.uuid4().hex[:8]}"})
+
+
+@asynccontextmanager
+async def _open_postgres(target: str) -> AsyncGenerator[JobStore[Tick], None]:
+    from anysched.stores.postgres import PostgresStore
+
+    where = json.loads(target)
+    async with PostgresStore(where["url"], Tick, schema=_POSTGRES_SCHEMA, table=where["table"]) as store:
+        yield store
+
+
 STORES: dict[str, StoreKind] = {
     "sqlite": StoreKind(_prepare_sqlite, _open_sqlite),
     "mongo": StoreKind(_prepare_mongo, _open_mongo),
-    # "postgres": StoreKind(_prepare_postgres, _open_postgres),  once anysched.stores.postgres exists
+    "postgres": StoreKind(_prepare_postgres, _open_postgres),
 }
 
 

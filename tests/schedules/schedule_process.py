@@ -2,9 +2,10 @@
 
 Usage: ``python schedule_process.py LOG BACKEND UNTIL sqlite PATH`` or
 ``python schedule_process.py LOG BACKEND UNTIL mongo URI DATABASE COLLECTION`` (sync PyMongo, which
-MongoStore runs in worker threads on either backend). Declares the schedule every process
-declares (a slot every ``INTERVAL`` seconds), runs its slots' jobs until the wall clock reads
-UNTIL (seconds since the epoch), then shuts down gracefully. Every run appends
+MongoStore runs in worker threads on either backend) or
+``python schedule_process.py LOG BACKEND UNTIL postgres URL SCHEMA`` (PostgresStore's own pool).
+Declares the schedule every process declares (a slot every ``INTERVAL`` seconds), runs its slots'
+jobs until the wall clock reads UNTIL (seconds since the epoch), then shuts down gracefully. Every run appends
 ``start ID LEASE PID`` and, when the handler returns, ``done ID LEASE PID`` to LOG, with one
 unbuffered ``write`` each, so the lines survive a SIGKILL.
 """
@@ -46,6 +47,12 @@ async def open_store(kind: str, target: list[str]) -> AsyncGenerator[JobStore[in
         from anysched.stores.sqlite import SQLiteStore
 
         async with SQLiteStore(target[0], int, busy_timeout=10) as store:
+            yield store
+    elif kind == "postgres":
+        from anysched.stores.postgres import PostgresStore
+
+        url, schema = target
+        async with PostgresStore(url, int, schema=schema) as store:
             yield store
     else:
         import pymongo

@@ -32,6 +32,8 @@ except ImportError as _missing:  # pragma: no cover -- tested in a subprocess wi
 from .._codec import PayloadCodec
 from .._exceptions import JobNotFoundError, PayloadError, UndecodableDocumentError
 from .._job import Job, JobStatus, new_lease_token
+from .._schedule import Schedule, check_schedule
+from .._schedule_document import schedule_document, schedule_from_document
 from .._store import check_claim_arguments as _check_claim_arguments
 from .._store import check_job as _check_job
 from .._store import check_list_arguments as _check_list_arguments
@@ -55,7 +57,7 @@ from ._postgres._connections import (
     run_once,
     translated,
 )
-from ._postgres._sql import ARRAY_TYPES, FIELDS, SCHEMA_VERSION, Statements
+from ._postgres._sql import ARRAY_TYPES, FIELDS, SCHEMA_VERSION, ScheduleStatements, Statements
 from ._postgres._wakeups import listening
 
 __all__ = ("SCHEMA_VERSION", "PostgresStore", "PostgresStoreError")
@@ -94,7 +96,8 @@ class PostgresStore(Generic[T]):
     :param payload_type: the payload's type (a dataclass, ``TypedDict``, pydantic model…);
         payloads are stored as ``jsonb`` through pydantic
     :param schema: the PostgreSQL schema of the store's tables (created if missing)
-    :param table: the jobs table's name; ``<table>_meta`` beside it keeps the schema version
+    :param table: the jobs table's name; ``<table>_meta`` beside it keeps the schema version,
+        ``<table>_schedules`` the schedules (:class:`~anysched.StoresSchedules`)
     :param completed_ttl: when set, completed jobs older than this are deleted now and then,
         after a claim (never inside one), a few hundred per statement
     :param wake_ups: ``NOTIFY`` on insert, release and retry, and listen for them in
@@ -125,6 +128,7 @@ class PostgresStore(Generic[T]):
             raise TypeError(f"wake_ups must be a bool, not {type(wake_ups).__name__}")
         self._target = conninfo
         self._sql = Statements(schema, table)
+        self._schedule_sql = ScheduleStatements(schema, table)
         self._codec = PayloadCodec[T](payload_type)
         self._ttl = None if completed_ttl is None else timedelta(seconds=to_seconds("completed_ttl", completed_ttl))
         self._wake_ups = wake_ups
@@ -304,6 +308,60 @@ class PostgresStore(Generic[T]):
         async with listening(connections.conninfo, connections.connect_options, self._sql.channel, wake):
             yield
 
+    # -- schedules (anysched.StoresSchedules), in the table "<table>_schedules" --------------------
+
+    async def put_schedule(self, schedule: Schedule[T]) -> None:
+        """Store ``schedule``, replacing the one with its id, and move the change marker, in one
+        transaction (see :class:`~anysched.StoresSchedules`).
+
+        :raises PayloadError: its payload cannot be stored as JSON; nothing was written
+        """
+        document = schedule_document(check_schedule(schedule), self._codec.encode(schedule.payload))
+        try:
+            text = json.dumps(document, allow_nan=False, separators=(",", ":"))
+        except (TypeError, ValueError) as error:  # its text may quote the value (``nan``)
+            kind = type(error).__name__
+            raise PayloadError(
+                f"the payload of schedule {schedule.id!r} (a {type(schedule.payload).__name__}) "
+                f"cannot be stored as JSON ({kind})"
+            ) from None
+        params = {"id": schedule.id, "document": Jsonb(text, dumps=_as_text)}
+        sql = self._schedule_sql
+
+        def op() -> Op[None]:
+            yield Statement(sql.bump_marker, {})
+            yield Statement(sql.upsert, params)
+
+        await self._run("put_schedule", op, atomic=True)
+
+    async def remove_schedule(self, schedule_id: str) -> bool:
+        """Remove the schedule with this id; whether there was one. The marker moves only if there was."""
+        sql = self._schedule_sql
+
+        def op() -> Op[bool]:
+            yield Statement(sql.lock_marker, {})  # the lock order of put_schedule: marker, then schedule
+            if not (yield Statement(sql.delete, {"id": schedule_id})).rowcount:
+                return False
+            yield Statement(sql.bump_marker, {})
+            return True
+
+        return await self._run("remove_schedule", op, atomic=True)
+
+    async def list_schedules(self) -> list[Schedule[T]]:
+        """Every stored schedule (paused ones too), by id.
+
+        :raises PayloadError: a stored schedule's payload does not decode
+        :raises ValueError: a row does not hold a valid schedule
+        """
+        rows = await self._run("list_schedules", lambda: rows_of(Statement(self._schedule_sql.select_all, {})))
+        documents: list[dict[str, Any]] = [row["document"] for row in rows]
+        return [schedule_from_document(document, self._codec.decode(document["payload"])) for document in documents]
+
+    async def schedules_marker(self) -> int:
+        """A number that changes whenever a schedule is put or removed (one read by primary key)."""
+        rows = await self._run("schedules_marker", lambda: rows_of(Statement(self._schedule_sql.read_marker, {})))
+        return int(rows[0]["value"]) if rows else 0
+
     # -- inspection (anysched.InspectsJobs) --------------------------------------------------------
 
     async def get_job(self, job_id: str) -> Job[T]:
@@ -367,16 +425,22 @@ class PostgresStore(Generic[T]):
                 # where a pool would only time out.
                 connection = await connect_once(self._target, {})
                 try:
-                    await run_once(connection, self._ensure_schema(), atomic=True)
+                    await run_once(connection, self._ensure_tables(), atomic=True)
                 finally:
                     with anyio.CancelScope(shield=True):
                         await close_once(connection)
         else:
             connections = connections_for(self._target)
             with translated("open"):
-                await connections.run(self._ensure_schema, atomic=True)
+                await connections.run(self._ensure_tables, atomic=True)
         await connections.open()
         return connections
+
+    def _ensure_tables(self) -> Op[None]:
+        """The job tables (:meth:`_ensure_schema`), then the schedules' beside them, in one transaction."""
+        yield from self._ensure_schema()
+        for statement in self._schedule_sql.create:  # IF NOT EXISTS: also for tables of an older anysched
+            yield Statement(statement, {})
 
     def _ensure_schema(self) -> Op[None]:
         """Create the schema, tables and indexes in a new database; check their version in an existing one."""

@@ -237,3 +237,49 @@ class Statements:
 
     def _index(self, suffix: str) -> sql.Identifier:
         return sql.Identifier(f"{self.table}_{suffix}")
+
+
+# -- schedules (anysched.StoresSchedules) ---------------------------------------------------------
+
+
+class ScheduleStatements:
+    """The statements for the schedules of one ``schema.table``: kept in ``<table>_schedules``.
+
+    Each schedule is one row, its id and its document (``anysched._schedule_document``) as
+    ``jsonb``. The change marker is the ``schedules_marker`` row of ``<table>_meta``, moved in
+    the transaction of every put and remove. Both are created when the store opens, under the
+    job table's creation lock and in its transaction (``IF NOT EXISTS``): they are additive,
+    no older anysched reads them, so the schema version stays the same and an older process on
+    the same tables keeps working.
+    """
+
+    def __init__(self, schema: str, table: str) -> None:
+        schema = check_identifier("schema", schema)
+        table = check_identifier("table", table, max_length=_MAX_TABLE)
+        fmt = {
+            "schedules": sql.Identifier(schema, f"{table}_schedules"),
+            "meta": sql.Identifier(schema, f"{table}_meta"),
+        }
+
+        def compose(text: LiteralString) -> bytes:
+            return sql.SQL(text).format(**fmt).as_bytes(None)
+
+        self.create = [
+            compose("CREATE TABLE IF NOT EXISTS {schedules} (id text PRIMARY KEY, document jsonb NOT NULL)"),
+            compose("INSERT INTO {meta} (key, value) VALUES ('schedules_marker', 0) ON CONFLICT (key) DO NOTHING"),
+        ]
+        # Every write locks the marker row first, so two writers take their locks in one order
+        # (a put and a remove of one id never deadlock) and the marker moves once per write.
+        # It counts modulo 2**31 - 1: the meta table's values are 32-bit integers.
+        self.bump_marker = compose(
+            "UPDATE {meta} SET value = mod(value + 1, 2147483647) WHERE key = 'schedules_marker' RETURNING value"
+        )
+        self.upsert = compose(
+            "INSERT INTO {schedules} (id, document) VALUES (%(id)s, %(document)s)"
+            " ON CONFLICT (id) DO UPDATE SET document = EXCLUDED.document"
+        )
+        self.lock_marker = compose("SELECT value FROM {meta} WHERE key = 'schedules_marker' FOR UPDATE")
+        self.delete = compose("DELETE FROM {schedules} WHERE id = %(id)s")
+        # By code point, as every store lists them, whatever the database's collation.
+        self.select_all = compose('SELECT document FROM {schedules} ORDER BY id COLLATE "C"')
+        self.read_marker = compose("SELECT value FROM {meta} WHERE key = 'schedules_marker'")
