@@ -5,7 +5,7 @@ each arrives; process B (a child running this file with ``--role worker``) runs 
 the same database that records when each handler starts. The latency of a job is from the moment
 A's ``add_job`` returned to the moment B's handler started (both read ``time.time()`` on one machine).
 
-    python bench/wakeups.py                        # SQLite, MongoDB (SecantusDB unless ANYSCHED_MONGODB_URL), PostgreSQL
+    python bench/wakeups.py                  # SQLite, MongoDB (SecantusDB unless ANYSCHED_MONGODB_URL), PostgreSQL
     python bench/wakeups.py --stores sqlite --jobs 200 --backend trio
     ANYSCHED_MONGODB_URL=mongodb://... python bench/wakeups.py --stores mongo
     ANYSCHED_POSTGRES_URL=postgresql://... python bench/wakeups.py --stores postgres   # default 127.0.0.1:5432/test
