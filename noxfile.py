@@ -89,7 +89,7 @@ def lint(session: nox.Session) -> None:
 @nox.session(python=NEWEST)
 def types(session: nox.Session) -> None:
     """pyright and mypy, both strict, on src/, examples/, tests/ and bench/ (read as Python 3.10)."""
-    session.install("-e", EXTRAS, *nox.project.dependency_groups(PYPROJECT, "typing"))
+    session.install("-e", EXTRAS, *nox.project.dependency_groups(PYPROJECT, "typing", "bench"))
     session.run("pyright")
     session.run("mypy")
     for conftest in ("tests/mongo/conftest.py", "tests/postgres/conftest.py"):  # more `conftest` modules: see pyproject

@@ -78,28 +78,52 @@ async def test_declared_schedules_are_put_into_the_store_at_start(stores: tuple[
     assert await theirs.list_schedules() == [every(3600)]
 
 
+def reached_the_scheduler(store: Any, applied: Callable[[list[Schedule[str]]], bool]) -> anyio.Event:
+    """An event set when ``store`` (the scheduler's) hands its schedule sync a list for which
+    ``applied`` holds: the sync gives the list to the ticker without awaiting, so from then on the
+    ticker enqueues no slot of what the list no longer has."""
+    reached = anyio.Event()
+    listed = store.list_schedules
+
+    async def list_schedules() -> list[Schedule[str]]:
+        schedules: list[Schedule[str]] = await listed()
+        if applied(schedules):
+            reached.set()
+        return schedules
+
+    store.list_schedules = list_schedules
+    return reached
+
+
 async def test_a_schedule_added_paused_changed_and_removed_elsewhere_is_followed(stores: tuple[Any, Any]) -> None:
     store, theirs = stores
     recorder = Recorder[str]()
+
+    def slots_after(moment: datetime) -> list[datetime]:
+        slots = (slot_of(job) for job in recorder.started)
+        return [slot.slot for slot in slots if slot is not None and slot.slot > moment]
+
     with anyio.fail_after(20):
         async with open_scheduler(store, recorder, schedule_refresh=0.05, fetch_interval=0.05):
             await theirs.put_schedule(every(0.1))
             await recorder.wait_finished(3)  # added elsewhere: followed
 
+            paused = reached_the_scheduler(store, lambda schedules: any(schedule.paused for schedule in schedules))
             await theirs.put_schedule(every(0.1, paused=True))
-            await anyio.sleep(0.2)  # a refresh and a slot: the pause has reached the scheduler
-            paused_at = recorder.finished
-            await anyio.sleep(0.5)
-            assert recorder.finished <= paused_at + 1  # at most a slot already on its way
+            await paused.wait()
+            paused_at = datetime.now(UTC)
+            await anyio.sleep(0.5)  # five slots' time, for any that a paused schedule would still enqueue
+            assert slots_after(paused_at) == []
 
             await theirs.put_schedule(replace(every(0.1), payload="changed"))
             await until(lambda: "changed" in [job.payload for job in recorder.started])
 
+            removed = reached_the_scheduler(store, lambda schedules: schedules == [])
             await theirs.remove_schedule("tick")
-            await anyio.sleep(0.2)
-            removed_at = recorder.finished
+            await removed.wait()
+            removed_at = datetime.now(UTC)
             await anyio.sleep(0.5)
-            assert recorder.finished <= removed_at + 1
+            assert slots_after(removed_at) == []
     assert set(recorder.runs.values()) == {1}  # no slot twice, changes or not
     slots = [slot.slot for slot in map(slot_of, recorder.started) if slot is not None]
     assert len(set(slots)) == len(slots) == len(recorder.started)
