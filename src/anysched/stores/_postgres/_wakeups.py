@@ -8,6 +8,7 @@ psycopg's async ``notifies()``; elsewhere (trio) a worker thread waits on the sy
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from collections.abc import AsyncGenerator, Callable, Mapping
@@ -20,7 +21,7 @@ import anyio.to_thread
 import psycopg
 from psycopg import sql
 
-from ._connections import close_once, connect_once, translate
+from ._connections import close_once, running_on_asyncio, translate
 
 _logger: logging.Logger = logging.getLogger("anysched")
 
@@ -36,13 +37,14 @@ async def listening(
 
     :raises TransientStoreError: the listening connection could not be opened (or failed later)
     """
+    listen = sql.SQL("LISTEN {}").format(sql.Identifier(channel))
     try:
-        connection = await connect_once(conninfo, options)
-        listen = sql.SQL("LISTEN {}").format(sql.Identifier(channel))
-        if isinstance(connection, psycopg.AsyncConnection):
-            await connection.execute(listen)
+        if running_on_asyncio():
+            connection: psycopg.Connection[Any] | psycopg.AsyncConnection[Any] = await _listening_async(
+                conninfo, options, listen
+            )
         else:
-            await anyio.to_thread.run_sync(connection.execute, listen)
+            connection = await _listening_in_thread(functools.partial(_connect_and_listen, conninfo, options, listen))
     except psycopg.Error as error:
         raise translate(error, "LISTEN") from None
     try:
@@ -60,6 +62,57 @@ async def listening(
     finally:
         with anyio.CancelScope(shield=True):
             await close_once(connection)
+
+
+async def _listening_async(
+    conninfo: str, options: Mapping[str, Any], listen: sql.Composed
+) -> psycopg.AsyncConnection[Any]:
+    settings: dict[str, Any] = {**options, "autocommit": True}
+    connection = await psycopg.AsyncConnection.connect(conninfo, **settings)
+    try:
+        await connection.execute(listen)
+    except BaseException:
+        with anyio.CancelScope(shield=True):
+            await connection.close()
+        raise
+    return connection
+
+
+def _connect_and_listen(conninfo: str, options: Mapping[str, Any], listen: sql.Composed) -> psycopg.Connection[Any]:
+    settings: dict[str, Any] = {**options, "autocommit": True}
+    connection = psycopg.Connection.connect(conninfo, **settings)
+    try:
+        connection.execute(listen)
+    except BaseException:
+        connection.close()
+        raise
+    return connection
+
+
+async def _listening_in_thread(open_: Callable[[], psycopg.Connection[Any]]) -> psycopg.Connection[Any]:
+    """``open_()`` in a worker thread that a cancellation abandons: a server that hangs must not
+    hold up a scheduler's stop for libpq's connect timeout. The thread closes what it opens too late."""
+    lock = threading.Lock()
+    abandoned = False
+    opened: list[psycopg.Connection[Any]] = []
+
+    def work() -> psycopg.Connection[Any]:
+        connection = open_()
+        with lock:
+            if not abandoned:
+                opened.append(connection)
+                return connection
+        connection.close()  # nobody awaits it any more
+        return connection
+
+    try:
+        return await anyio.to_thread.run_sync(work, abandon_on_cancel=True)
+    except BaseException:
+        with lock:
+            abandoned = True
+        for connection in opened:  # opened, but the caller was cancelled before it received it
+            connection.close()
+        raise
 
 
 async def _listen_async(connection: psycopg.AsyncConnection[Any], wake: Callable[[], None]) -> None:
