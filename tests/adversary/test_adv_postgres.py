@@ -5,20 +5,24 @@ from __future__ import annotations
 
 import sys
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import anyio
 import anyio.abc
+import psycopg
+import psycopg.conninfo
 import pytest
+from psycopg import sql
 
-pytest.importorskip("psycopg", reason="the PostgreSQL tests need anysched[postgres]: pip install anysched[postgres]")
+from anysched import Job, JobStatus
+from anysched.stores.postgres import PostgresStore, PostgresStoreError
+from anysched.testing import Payload
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "postgres"))  # the Postgres tests' helpers
-
 from postgres_support import drop_schema, find_server, new_schema_name
-
-from anysched.stores.postgres import PostgresStore
-from anysched.testing import Payload
 
 pytestmark = pytest.mark.anyio
 
@@ -85,8 +89,6 @@ async def _pipe(source: anyio.abc.SocketStream, sink: anyio.abc.SocketStream) ->
 
 @pytest.fixture
 async def proxy(postgres_url: str) -> AsyncIterator[FreezingProxy]:
-    import psycopg.conninfo
-
     port = int(psycopg.conninfo.conninfo_to_dict(postgres_url).get("port") or 5432)
     frozen = FreezingProxy(port)
     async with anyio.create_task_group() as tg:
@@ -96,8 +98,6 @@ async def proxy(postgres_url: str) -> AsyncIterator[FreezingProxy]:
 
 
 def through(proxy: FreezingProxy, url: str, **options: str) -> str:
-    import psycopg.conninfo
-
     return psycopg.conninfo.make_conninfo(url, host="127.0.0.1", port=str(proxy.port), **options)
 
 
@@ -125,3 +125,99 @@ async def test_a_listener_connecting_to_a_hung_server_stops_when_cancelled(
                 started = anyio.current_time()
                 scope.cancel()
         assert anyio.current_time() - started < 3, "the listener's connect kept the block from ending"
+
+
+# -- rows the store did not write ------------------------------------------------------------
+
+
+NOW = datetime(2030, 1, 1, tzinfo=timezone.utc)
+VT = timedelta(seconds=30)
+
+
+async def _set_column(url: str, schema: str, job_id: str, column: str, value: object) -> None:
+    query = sql.SQL("UPDATE {} SET {} = %s WHERE id = %s").format(
+        sql.Identifier(schema, "jobs"), sql.Identifier(column)
+    )
+
+    def write() -> None:
+        with psycopg.connect(url, autocommit=True) as connection:
+            connection.execute(query, (value, job_id))
+
+    await anyio.to_thread.run_sync(write)
+
+
+async def _column(url: str, schema: str, job_id: str, column: str) -> object:
+    query = sql.SQL("SELECT {} FROM {} WHERE id = %s").format(sql.Identifier(column), sql.Identifier(schema, "jobs"))
+
+    def read() -> object:
+        with psycopg.connect(url, autocommit=True) as connection:
+            row = connection.execute(query, (job_id,)).fetchone()
+        assert row is not None
+        return row[0]
+
+    return await anyio.to_thread.run_sync(read)
+
+
+@pytest.mark.parametrize(("column", "value"), [("max_attempts", 0), ("timeout", float("nan")), ("timeout", -1.0)])
+async def test_a_row_with_an_invalid_field_is_failed_not_a_claim_that_always_raises(
+    postgres_url: str, schema: str, column: str, value: object
+) -> None:
+    async with PostgresStore(postgres_url, Payload, schema=schema) as store:
+        await store.add_jobs(
+            [Job.create(Payload(1), id="bad", process_after=NOW), Job.create(Payload(2), id="good", process_after=NOW)]
+        )
+        await _set_column(postgres_url, schema, "bad", column, value)  # an operator's hand, an older writer
+        claimed = await store.fetch_pending_jobs(NOW, 5, VT)
+        assert [job.id for job in claimed] == ["good"]
+        assert await store.count(JobStatus.FAILED) == 1
+        last_error = await _column(postgres_url, schema, "bad", "last_error")
+        assert isinstance(last_error, str)
+        assert column in last_error  # names the field Job refused
+        assert await store.fetch_pending_jobs(NOW + VT * 2, 5, VT) != []  # only "good" again, once its lease ends
+
+
+# -- the server session's settings -------------------------------------------------------------
+
+
+async def test_the_sessions_time_zone_does_not_move_stored_instants(postgres_url: str, schema: str) -> None:
+    due = datetime(2030, 6, 1, 12, 0, tzinfo=timezone.utc)
+    conninfo = psycopg.conninfo.make_conninfo(postgres_url, options="-c TimeZone=Asia/Kathmandu")
+    async with PostgresStore(conninfo, Payload, schema=schema) as store:
+        await store.add_job(Job.create(Payload(1), id="a", process_after=due))
+        stored = await store.get_job("a")
+        assert stored.process_after == due
+        assert stored.process_after.utcoffset() == timedelta(0)
+        assert await store.next_due_time() == due
+        assert await store.fetch_pending_jobs(due - timedelta(microseconds=1), 5, VT) == []
+        (claimed,) = await store.fetch_pending_jobs(due, 5, VT)
+        assert claimed.visible_after == due + VT
+
+
+# -- pools of the user's -------------------------------------------------------------------------
+
+
+async def test_a_pool_the_user_never_opened_is_a_clear_error_not_a_transient_one(
+    anyio_backend: str, postgres_url: str, schema: str
+) -> None:
+    from psycopg_pool import ConnectionPool
+
+    pool = ConnectionPool(postgres_url, kwargs={"autocommit": True}, open=False)
+    store = PostgresStore(pool, Payload, schema=schema)
+    with pytest.raises(PostgresStoreError, match="pool"):
+        await store.open()
+
+
+async def test_a_pool_without_autocommit_still_commits_claims_and_updates(postgres_url: str, schema: str) -> None:
+    from psycopg_pool import ConnectionPool
+
+    pool: ConnectionPool[Any] = ConnectionPool(postgres_url, open=False)
+    await anyio.to_thread.run_sync(pool.open)
+    try:
+        async with PostgresStore(pool, Payload, schema=schema) as store:
+            await store.add_job(Job.create(Payload(1), id="a", process_after=NOW))
+            (claimed,) = await store.fetch_pending_jobs(NOW, 5, VT)
+            await store.update_job(replace(claimed, status=JobStatus.COMPLETED, processed_at=NOW, visible_after=None))
+        async with PostgresStore(postgres_url, Payload, schema=schema) as fresh:
+            assert (await fresh.get_job("a")).status is JobStatus.COMPLETED
+    finally:
+        await anyio.to_thread.run_sync(pool.close)
