@@ -20,7 +20,7 @@ import anyio.to_thread
 import psycopg
 from psycopg.pq import TransactionStatus
 from psycopg.rows import dict_row
-from psycopg_pool import AsyncConnectionPool, ConnectionPool
+from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolClosed
 
 from ..._exceptions import AnyschedError, DuplicateJobError, PayloadError, TransientStoreError
 
@@ -76,6 +76,10 @@ def translate(error: psycopg.Error, operation: str) -> Exception:
     """A transient error (the connection lost, the server shutting down or starting, a
     serialization failure, a pool timeout) as :class:`~anysched.TransientStoreError`; the rest
     as :class:`PostgresStoreError`. Neither quotes the driver's message; raise it ``from None``."""
+    if isinstance(error, PoolClosed):  # not open yet, or closed: waiting will not open it
+        return PostgresStoreError(
+            f"PostgreSQL {operation} failed: its connection pool is not open (open a pool you give)"
+        )
     if isinstance(error, psycopg.OperationalError):
         reason = _refusal_at_connect(error)
         if reason is not None:
