@@ -221,3 +221,24 @@ async def test_a_pool_without_autocommit_still_commits_claims_and_updates(postgr
             assert (await fresh.get_job("a")).status is JobStatus.COMPLETED
     finally:
         await anyio.to_thread.run_sync(pool.close)
+
+
+# -- connection strings that can never work --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"sslmode": "bogus"}, {"port": "notaport"}, {"target_session_attrs": "bogus"}],
+    ids=lambda o: next(iter(o)),
+)
+async def test_a_connection_option_libpq_refuses_is_permanent_not_retried_for_ever(
+    postgres_url: str, schema: str, options: dict[str, str]
+) -> None:
+    conninfo = psycopg.conninfo.make_conninfo(postgres_url, password="s3cret-pw", **options)
+    store = PostgresStore(conninfo, Payload, schema=schema)
+    try:
+        with pytest.raises(PostgresStoreError) as raised:
+            await store.open()
+    finally:
+        await store.aclose()
+    assert "s3cret-pw" not in str(raised.value)

@@ -27,6 +27,7 @@ from ..._exceptions import AnyschedError, DuplicateJobError, PayloadError, Trans
 R = TypeVar("R")
 _logger: logging.Logger = logging.getLogger("anysched")
 _DUPLICATE_KEY = re.compile(r"Key \(id\)=\((.*)\) already exists")
+_INVALID_OPTION = re.compile(r"\binvalid \w+ value")
 
 Row: TypeAlias = "dict[str, Any]"
 
@@ -91,10 +92,14 @@ def translate(error: psycopg.Error, operation: str) -> Exception:
 
 
 def _refusal_at_connect(error: psycopg.OperationalError) -> str | None:
-    """Why the server refused a new connection for good (libpq gives no SQLSTATE there), or ``None``."""
-    if error.sqlstate is not None or "FATAL" not in str(error):
+    """Why the server (or libpq, reading the connection string) refused a new connection for good
+    (libpq gives no SQLSTATE there), or ``None``."""
+    if error.sqlstate is not None:
         return None
     text = str(error)
+    if "FATAL" not in text:
+        # libpq checks option values before any I/O ("invalid sslmode value"): retrying cannot help.
+        return "the connection string has an invalid option value" if _INVALID_OPTION.search(text) else None
     return next((reason for clue, reason in _PERMANENT_AT_CONNECT if clue in text), None)
 
 
