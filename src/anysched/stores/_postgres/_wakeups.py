@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import logging
 import threading
-from collections.abc import AsyncGenerator, Callable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -21,6 +21,7 @@ import anyio.to_thread
 import psycopg
 from psycopg import sql
 
+from ..._wake_ups import beside
 from ._connections import close_once, running_on_asyncio, translate
 
 _logger: logging.Logger = logging.getLogger("anysched")
@@ -49,16 +50,16 @@ async def listening(
         raise translate(error, "LISTEN") from None
     try:
         stop = threading.Event()
-        async with anyio.create_task_group() as tg:
-            if isinstance(connection, psycopg.AsyncConnection):
-                tg.start_soon(_listen_async, connection, wake, name="anysched-postgres-listener")
-            else:
-                tg.start_soon(_listen_in_thread, connection, wake, stop, name="anysched-postgres-listener")
+        if isinstance(connection, psycopg.AsyncConnection):
+            forward: Callable[[], Awaitable[None]] = functools.partial(_listen_async, connection, wake)
+        else:
+            forward = functools.partial(_listen_in_thread, connection, wake, stop)
+        # beside: a listener that fails raises out of the block as itself (TransientStoreError), not in a group.
+        async with beside(forward):
             try:
                 yield
             finally:
                 stop.set()  # the thread sees it within a round; a cancellation waits for that
-                tg.cancel_scope.cancel()
     finally:
         with anyio.CancelScope(shield=True):
             await close_once(connection)
