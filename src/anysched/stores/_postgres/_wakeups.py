@@ -39,13 +39,18 @@ async def listening(
     :raises TransientStoreError: the listening connection could not be opened (or failed later)
     """
     listen = sql.SQL("LISTEN {}").format(sql.Identifier(channel))
+    # A limiter of its own: the listening thread lives as long as the block and must not hold one
+    # of the default limiter's tokens, which the store's calls (and the application's) share.
+    limiter = anyio.CapacityLimiter(1)
     try:
         if running_on_asyncio():
             connection: psycopg.Connection[Any] | psycopg.AsyncConnection[Any] = await _listening_async(
                 conninfo, options, listen
             )
         else:
-            connection = await _listening_in_thread(functools.partial(_connect_and_listen, conninfo, options, listen))
+            connection = await _listening_in_thread(
+                functools.partial(_connect_and_listen, conninfo, options, listen), limiter
+            )
     except psycopg.Error as error:
         raise translate(error, "LISTEN") from None
     try:
@@ -53,7 +58,7 @@ async def listening(
         if isinstance(connection, psycopg.AsyncConnection):
             forward: Callable[[], Awaitable[None]] = functools.partial(_listen_async, connection, wake)
         else:
-            forward = functools.partial(_listen_in_thread, connection, wake, stop)
+            forward = functools.partial(_listen_in_thread, connection, wake, stop, limiter)
         # beside: a listener that fails raises out of the block as itself (TransientStoreError), not in a group.
         async with beside(forward):
             try:
@@ -90,7 +95,9 @@ def _connect_and_listen(conninfo: str, options: Mapping[str, Any], listen: sql.C
     return connection
 
 
-async def _listening_in_thread(open_: Callable[[], psycopg.Connection[Any]]) -> psycopg.Connection[Any]:
+async def _listening_in_thread(
+    open_: Callable[[], psycopg.Connection[Any]], limiter: anyio.CapacityLimiter
+) -> psycopg.Connection[Any]:
     """``open_()`` in a worker thread that a cancellation abandons: a server that hangs must not
     hold up a scheduler's stop for libpq's connect timeout. The thread closes what it opens too late."""
     lock = threading.Lock()
@@ -107,7 +114,7 @@ async def _listening_in_thread(open_: Callable[[], psycopg.Connection[Any]]) -> 
         return connection
 
     try:
-        return await anyio.to_thread.run_sync(work, abandon_on_cancel=True)
+        return await anyio.to_thread.run_sync(work, abandon_on_cancel=True, limiter=limiter)
     except BaseException:
         with lock:
             abandoned = True
@@ -125,7 +132,7 @@ async def _listen_async(connection: psycopg.AsyncConnection[Any], wake: Callable
 
 
 async def _listen_in_thread(
-    connection: psycopg.Connection[Any], wake: Callable[[], None], stop: threading.Event
+    connection: psycopg.Connection[Any], wake: Callable[[], None], stop: threading.Event, limiter: anyio.CapacityLimiter
 ) -> None:
     def listen() -> None:
         while not stop.is_set():
@@ -134,6 +141,6 @@ async def _listen_in_thread(
 
     try:
         # Not abandoned on cancel: `stop` ends the thread within a round, before the connection closes.
-        await anyio.to_thread.run_sync(listen)
+        await anyio.to_thread.run_sync(listen, limiter=limiter)
     except psycopg.Error as error:
         raise translate(error, "LISTEN") from None
