@@ -52,13 +52,26 @@ def schema(postgres_url: str) -> Iterator[str]:
 
 class FreezingProxy:
     """A TCP proxy in front of the server that can stop answering: once ``frozen``, it accepts new
-    connections and reads nothing from them, as a server that hangs would (or a network that drops)."""
+    connections and reads nothing from them, as a server that hangs would (or a network that drops).
+    While ``holding``, what clients send on connections open before is kept back (``held`` is set)
+    until :meth:`let_go`; new connections pass."""
 
     def __init__(self, target_port: int) -> None:
         self.target_port = target_port
         self.frozen = False
         self.port = 0
         self.accepted_frozen = anyio.Event()
+        self.holding = False
+        self.held = anyio.Event()
+        self._let_go = anyio.Event()
+
+    def hold(self) -> None:
+        self.holding = True
+        self._let_go = anyio.Event()
+
+    def let_go(self) -> None:
+        self.holding = False
+        self._let_go.set()
 
     async def serve(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
@@ -73,10 +86,23 @@ class FreezingProxy:
                 self.accepted_frozen.set()
                 await anyio.sleep_forever()
         server = await anyio.connect_tcp("127.0.0.1", self.target_port)
+        opened_while_holding = self.holding
         async with client, server, anyio.create_task_group() as tg:
-            tg.start_soon(_pipe, client, server)
+            tg.start_soon(self._forward, client, server, opened_while_holding)
             await _pipe(server, client)
             tg.cancel_scope.cancel()
+
+    async def _forward(
+        self, client: anyio.abc.SocketStream, server: anyio.abc.SocketStream, opened_while_holding: bool
+    ) -> None:
+        try:
+            async for chunk in client:
+                if self.holding and not opened_while_holding:
+                    self.held.set()
+                    await self._let_go.wait()
+                await server.send(chunk)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+            pass
 
 
 async def _pipe(source: anyio.abc.SocketStream, sink: anyio.abc.SocketStream) -> None:
@@ -242,3 +268,35 @@ async def test_a_connection_option_libpq_refuses_is_permanent_not_retried_for_ev
     finally:
         await store.aclose()
     assert "s3cret-pw" not in str(raised.value)
+
+
+# -- a claim whose caller was cancelled before the server got it -------------------------------------
+
+
+async def test_a_claim_that_commits_after_its_caller_was_cancelled_is_handed_back(
+    postgres_url: str, schema: str, proxy: FreezingProxy
+) -> None:
+    # On trio the claim runs in a worker thread that a cancellation abandons: the statement can reach
+    # the server after the store's hand-back ran and found nothing. Its jobs must not stay leased to nobody.
+    conninfo = through(proxy, postgres_url)
+    async with PostgresStore(conninfo, Payload, schema=schema, max_connections=3) as store:
+        await store.add_job(Job.create(Payload(1), id="a", process_after=NOW))
+        before = await _column(postgres_url, schema, "a", "ctid")
+        proxy.hold()  # the pool's open connections stop reaching the server; new ones still do
+        with anyio.CancelScope() as scope:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(store.fetch_pending_jobs, NOW, 5, VT)
+                with anyio.fail_after(10):
+                    await proxy.held.wait()  # the claim is on its way
+                scope.cancel()
+                proxy.let_go()  # the claim reaches the server now, after its caller has given up
+        changed = False
+        with anyio.move_on_after(10):
+            while True:  # the claim lands (the row changes), then its jobs are handed back
+                changed = await _column(postgres_url, schema, "a", "ctid") != before
+                if changed and await _column(postgres_url, schema, "a", "visible_after") is None:
+                    break
+                await anyio.sleep(0.02)  # polling the server: nothing else tells when another connection commits
+        assert changed, "the claim never reached the server"
+        assert await _column(postgres_url, schema, "a", "visible_after") is None, "leased to nobody"
+        assert await _column(postgres_url, schema, "a", "attempts") == 0

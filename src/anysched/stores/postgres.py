@@ -54,6 +54,7 @@ from ._postgres._connections import (
     rowcount_of,
     rows_of,
     run_once,
+    settled,
     translated,
 )
 from ._postgres._sql import ARRAY_TYPES, FIELDS, SCHEMA_VERSION, Statements
@@ -72,6 +73,7 @@ _PURGE_STEP = 500  # rows per delete statement: each is a short transaction of i
 _EXPIRY_BUDGET = 0.05  # seconds of expiry steps one fetch may run (at least one step)
 _MAX_EXPIRY_INTERVAL = timedelta(minutes=1)
 _HAND_BACK_TIMEOUT = 5.0  # seconds a failed claim may spend, shielded, handing back what it won
+_CLAIM_GRACE = 2.0  # seconds a cancelled claim's statement gets to answer, so what it won can be handed back
 
 
 class PostgresStore(Generic[T]):
@@ -186,7 +188,11 @@ class PostgresStore(Generic[T]):
         tokens = [new_lease_token() for _ in range(limit)]
         params = {"now": now, "visible": now + visibility_timeout, "limit": limit, "tokens": tokens}
         try:
-            rows = await self._run("claim", lambda: rows_of(Statement(self._sql.claim, params)))
+            # Settled, not abandoned, when the caller is cancelled: a claim that reached the server may
+            # commit anyway, and the hand-back below can only find what committed before it runs.
+            rows = await settled(
+                lambda: self._run("claim", lambda: rows_of(Statement(self._sql.claim, params))), grace=_CLAIM_GRACE
+            )
             jobs = await self._decode_claimed(rows, now)
             await self._expire_completed(now)  # after the claim has committed, in statements of its own
             return jobs

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable, Generator, Mapping
+from collections.abc import Awaitable, Callable, Generator, Mapping
 from contextlib import AbstractAsyncContextManager, AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeAlias, TypeVar, cast
@@ -134,6 +134,42 @@ async def drive_async(connection: psycopg.AsyncConnection[Any], op: Op[R], *, at
                 return stop.value  # type: ignore[no-any-return]
 
 
+async def settled(call: Callable[[], Awaitable[R]], *, grace: float) -> R:
+    """``await call()``; if the caller is cancelled meanwhile, keep waiting (shielded) up to ``grace``
+    seconds for the server's answer before the cancellation goes on.
+
+    For a statement that leases rows: once sent, it may commit whether or not anyone waits for its
+    reply (the server reads it before it notices the client left). Waiting for the answer lets the
+    caller's clean-up find and undo what it did; giving up at once would let it commit afterwards.
+    """
+    outcome: list[R] = []
+    failure: list[Exception] = []
+    done = anyio.Event()
+    shield = anyio.CancelScope(shield=True)
+
+    async def run() -> None:
+        with shield:  # its own deadline (set on the caller's cancellation) is all that can stop it
+            try:
+                outcome.append(await call())
+            except Exception as error:
+                failure.append(error)
+            finally:
+                done.set()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(run)
+        try:
+            await done.wait()
+        except BaseException:  # the caller's cancellation: the statement gets `grace` to answer
+            shield.deadline = anyio.current_time() + grace
+            with anyio.CancelScope(shield=True):
+                await done.wait()
+            raise
+    if failure:
+        raise failure[0]
+    return outcome[0]
+
+
 def in_transaction(connection: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> bool:
     return connection.info.transaction_status == TransactionStatus.INTRANS
 
@@ -188,8 +224,8 @@ class ThreadedPoolConnections:
 
     A cancelled call abandons its thread (as a cancelled async call abandons its query), so a
     stop stays bounded when the server hangs: the statement may still commit, which fencing
-    allows for; a claim abandoned so is handed back by token if it committed before the
-    hand-back runs, and otherwise waits for its leases to expire.
+    allows for. A claim is awaited a little longer (:func:`settled`), so that the hand-back by
+    token finds what it won; one that answers later still waits for its leases to expire.
     """
 
     def __init__(self, pool: ConnectionPool[Any], *, owned: bool) -> None:
