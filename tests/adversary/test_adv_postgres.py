@@ -300,3 +300,23 @@ async def test_a_claim_that_commits_after_its_caller_was_cancelled_is_handed_bac
         assert changed, "the claim never reached the server"
         assert await _column(postgres_url, schema, "a", "visible_after") is None, "leased to nobody"
         assert await _column(postgres_url, schema, "a", "attempts") == 0
+
+
+async def test_opening_the_store_on_a_hung_server_stops_when_cancelled(
+    postgres_url: str, schema: str, proxy: FreezingProxy
+) -> None:
+    # A scheduler told to stop while its store still connects must not wait out libpq's connect timeout.
+    proxy.frozen = True
+    store = PostgresStore(through(proxy, postgres_url, connect_timeout="8"), Payload, schema=schema)
+    started = anyio.current_time()
+    try:
+        with anyio.CancelScope() as scope:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(store.open)
+                with anyio.fail_after(5):
+                    await proxy.accepted_frozen.wait()  # the store is connecting
+                started = anyio.current_time()
+                scope.cancel()
+    finally:
+        await store.aclose()
+    assert anyio.current_time() - started < 3, "the store's first connect kept the stop waiting"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 from collections.abc import Awaitable, Callable, Generator, Mapping
 from contextlib import AbstractAsyncContextManager, AbstractContextManager, nullcontext
 from dataclasses import dataclass
@@ -308,7 +309,36 @@ async def connect_once(
     settings: dict[str, Any] = {**options, "autocommit": True}
     if running_on_asyncio():
         return await psycopg.AsyncConnection.connect(conninfo, **settings)
-    return await anyio.to_thread.run_sync(lambda: psycopg.Connection.connect(conninfo, **settings))
+    return await open_in_thread(lambda: psycopg.Connection.connect(conninfo, **settings))
+
+
+async def open_in_thread(
+    open_: Callable[[], psycopg.Connection[Any]], *, limiter: anyio.CapacityLimiter | None = None
+) -> psycopg.Connection[Any]:
+    """``open_()`` (a connection) in a worker thread that a cancellation abandons: a server that hangs
+    must not hold up a scheduler's stop for libpq's connect timeout. The thread closes what it opens
+    too late."""
+    lock = threading.Lock()
+    abandoned = False
+    opened: list[psycopg.Connection[Any]] = []
+
+    def work() -> psycopg.Connection[Any]:
+        connection = open_()
+        with lock:
+            if not abandoned:
+                opened.append(connection)
+                return connection
+        connection.close()  # nobody awaits it any more
+        return connection
+
+    try:
+        return await anyio.to_thread.run_sync(work, abandon_on_cancel=True, limiter=limiter)
+    except BaseException:
+        with lock:
+            abandoned = True
+        for connection in opened:  # opened, but the caller was cancelled before it received it
+            connection.close()
+        raise
 
 
 async def run_once(connection: psycopg.Connection[Any] | psycopg.AsyncConnection[Any], op: Op[R], *, atomic: bool) -> R:

@@ -22,7 +22,7 @@ import psycopg
 from psycopg import sql
 
 from ..._wake_ups import beside
-from ._connections import close_once, running_on_asyncio, translate
+from ._connections import close_once, open_in_thread, running_on_asyncio, translate
 
 _logger: logging.Logger = logging.getLogger("anysched")
 
@@ -48,8 +48,8 @@ async def listening(
                 conninfo, options, listen
             )
         else:
-            connection = await _listening_in_thread(
-                functools.partial(_connect_and_listen, conninfo, options, listen), limiter
+            connection = await open_in_thread(
+                functools.partial(_connect_and_listen, conninfo, options, listen), limiter=limiter
             )
     except psycopg.Error as error:
         raise translate(error, "LISTEN") from None
@@ -93,34 +93,6 @@ def _connect_and_listen(conninfo: str, options: Mapping[str, Any], listen: sql.C
         connection.close()
         raise
     return connection
-
-
-async def _listening_in_thread(
-    open_: Callable[[], psycopg.Connection[Any]], limiter: anyio.CapacityLimiter
-) -> psycopg.Connection[Any]:
-    """``open_()`` in a worker thread that a cancellation abandons: a server that hangs must not
-    hold up a scheduler's stop for libpq's connect timeout. The thread closes what it opens too late."""
-    lock = threading.Lock()
-    abandoned = False
-    opened: list[psycopg.Connection[Any]] = []
-
-    def work() -> psycopg.Connection[Any]:
-        connection = open_()
-        with lock:
-            if not abandoned:
-                opened.append(connection)
-                return connection
-        connection.close()  # nobody awaits it any more
-        return connection
-
-    try:
-        return await anyio.to_thread.run_sync(work, abandon_on_cancel=True, limiter=limiter)
-    except BaseException:
-        with lock:
-            abandoned = True
-        for connection in opened:  # opened, but the caller was cancelled before it received it
-            connection.close()
-        raise
 
 
 async def _listen_async(connection: psycopg.AsyncConnection[Any], wake: Callable[[], None]) -> None:
