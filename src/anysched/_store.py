@@ -7,10 +7,10 @@ job whose stored form cannot be decoded records as its ``last_error``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from datetime import datetime, timedelta
-from typing import Protocol, TypeVar, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from ._exceptions import JobNotFoundError, LeaseLostError, UndecodableDocumentError
 from ._job import Job, JobStatus
@@ -199,6 +199,16 @@ def update_refused(job_id: str, *, exists: bool) -> LeaseLostError | JobNotFound
     Raise it: ``raise update_refused(job.id, exists=...)``.
     """
     return LeaseLostError(job_id) if exists else JobNotFoundError(job_id)
+
+
+def refused_by_job(fields: Mapping[str, Any]) -> str:
+    """Which stored field ``Job`` refused: each one it checks is tried alone (on the failure path only)."""
+    for name in ("id", "attempts", "max_attempts", "timeout"):
+        try:
+            Job(payload=None, **{name: fields[name]})
+        except (TypeError, ValueError):
+            return name
+    return "job"
 
 
 def undecodable_last_error(error: UndecodableDocumentError) -> str:

@@ -54,6 +54,7 @@ from .._schedule_document import schedule_document, schedule_from_document
 from .._store import check_claim_arguments as _check_claim_arguments
 from .._store import check_job as _check_job
 from .._store import check_list_arguments as _check_list_arguments
+from .._store import refused_by_job as _refused_by_job
 from .._store import undecodable_last_error as _undecodable_last_error
 from .._store import update_refused as _update_refused
 from .._time import Seconds, require_utc, to_seconds
@@ -898,16 +899,6 @@ def _as_is(value: object) -> object:
 
 def _status_value(status: JobStatus) -> str:
     return status.value
-
-
-def _refused_by_job(fields: Mapping[str, Any]) -> str:
-    """Which field ``Job`` refused: each one it checks is tried alone (on the failure path only)."""
-    for name in ("id", "attempts", "max_attempts", "timeout"):
-        try:
-            Job(payload=None, **{name: fields[name]})
-        except (TypeError, ValueError):
-            return name
-    return "job"
 
 
 _REQUIRED = object()

@@ -37,6 +37,7 @@ from .._schedule_document import schedule_document, schedule_from_document
 from .._store import check_claim_arguments as _check_claim_arguments
 from .._store import check_job as _check_job
 from .._store import check_list_arguments as _check_list_arguments
+from .._store import refused_by_job as _refused_by_job
 from .._store import undecodable_last_error as _undecodable_last_error
 from .._store import update_refused as _update_refused
 from .._time import Seconds, require_utc, to_seconds
@@ -55,6 +56,7 @@ from ._postgres._connections import (
     rowcount_of,
     rows_of,
     run_once,
+    settled,
     translated,
 )
 from ._postgres._sql import ARRAY_TYPES, FIELDS, SCHEMA_VERSION, ScheduleStatements, Statements
@@ -73,6 +75,7 @@ _PURGE_STEP = 500  # rows per delete statement: each is a short transaction of i
 _EXPIRY_BUDGET = 0.05  # seconds of expiry steps one fetch may run (at least one step)
 _MAX_EXPIRY_INTERVAL = timedelta(minutes=1)
 _HAND_BACK_TIMEOUT = 5.0  # seconds a failed claim may spend, shielded, handing back what it won
+_CLAIM_GRACE = 2.0  # seconds a cancelled claim's statement gets to answer, so what it won can be handed back
 
 
 class PostgresStore(Generic[T]):
@@ -189,7 +192,11 @@ class PostgresStore(Generic[T]):
         tokens = [new_lease_token() for _ in range(limit)]
         params = {"now": now, "visible": now + visibility_timeout, "limit": limit, "tokens": tokens}
         try:
-            rows = await self._run("claim", lambda: rows_of(Statement(self._sql.claim, params)))
+            # Settled, not abandoned, when the caller is cancelled: a claim that reached the server may
+            # commit anyway, and the hand-back below can only find what committed before it runs.
+            rows = await settled(
+                lambda: self._run("claim", lambda: rows_of(Statement(self._sql.claim, params))), grace=_CLAIM_GRACE
+            )
             jobs = await self._decode_claimed(rows, now)
             await self._expire_completed(now)  # after the claim has committed, in statements of its own
             return jobs
@@ -489,12 +496,18 @@ class PostgresStore(Generic[T]):
                 jobs.append(self._job(row))
             except PayloadError as error:  # its message names fields and kinds, never the payload
                 _logger.error("job %s: %s; marking it failed", row["id"], error)
-                last_error = _undecodable_last_error(UndecodableDocumentError("payload", error))
-                params = {"id": row["id"], "lease": row["lease"], "now": now, "last_error": last_error}
-                statement = Statement(self._sql.fail_undecodable, params)
-                await self._run("claim", functools.partial(rows_of, statement))
+                await self._fail_undecodable(row, UndecodableDocumentError("payload", error), now)
+            except UndecodableDocumentError as error:  # a field Job refuses: one bad row must not stall every claim
+                _logger.error("job %s: %s; marking it failed", row["id"], error)
+                await self._fail_undecodable(row, error, now)
         jobs.sort(key=lambda job: job.process_after)  # RETURNING gives rows in no particular order
         return jobs
+
+    async def _fail_undecodable(self, row: Row, error: UndecodableDocumentError, now: datetime) -> None:
+        last_error = _undecodable_last_error(error)
+        params = {"id": row["id"], "lease": row["lease"], "now": now, "last_error": last_error}
+        statement = Statement(self._sql.fail_undecodable, params)
+        await self._run("claim", functools.partial(rows_of, statement))
 
     # -- deleting completed jobs ---------------------------------------------------------------
 
@@ -546,9 +559,18 @@ class PostgresStore(Generic[T]):
         raise PayloadError(f"a payload of type {type(job.payload).__name__} cannot be stored as JSON ({kind})")
 
     def _job(self, row: Row) -> Job[T]:
-        """The job a row holds. :raises PayloadError: its payload does not decode"""
+        """The job a row holds.
+
+        :raises PayloadError: its payload does not decode
+        :raises UndecodableDocumentError: ``Job`` refuses a field that the table's checks let
+            through (a row written by hand or by another program)
+        """
         fields = {name: read(row[name]) for name, (_, read) in FIELDS.items()}
-        return Job(payload=self._codec.decode(row["payload"]), **fields)
+        payload = self._codec.decode(row["payload"])
+        try:
+            return Job(payload=payload, **fields)
+        except (TypeError, ValueError) as error:  # Job's own checks quote the value: name the field
+            raise UndecodableDocumentError(_refused_by_job(fields), error) from None
 
 
 def _as_text(text: Any) -> str:

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable, Generator, Mapping
+import threading
+from collections.abc import Awaitable, Callable, Generator, Mapping
 from contextlib import AbstractAsyncContextManager, AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeAlias, TypeVar, cast
@@ -20,13 +21,14 @@ import anyio.to_thread
 import psycopg
 from psycopg.pq import TransactionStatus
 from psycopg.rows import dict_row
-from psycopg_pool import AsyncConnectionPool, ConnectionPool
+from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolClosed
 
 from ..._exceptions import AnyschedError, DuplicateJobError, PayloadError, TransientStoreError
 
 R = TypeVar("R")
 _logger: logging.Logger = logging.getLogger("anysched")
 _DUPLICATE_KEY = re.compile(r"Key \(id\)=\((.*)\) already exists")
+_INVALID_OPTION = re.compile(r"\binvalid \w+ value")
 
 Row: TypeAlias = "dict[str, Any]"
 
@@ -76,6 +78,10 @@ def translate(error: psycopg.Error, operation: str) -> Exception:
     """A transient error (the connection lost, the server shutting down or starting, a
     serialization failure, a pool timeout) as :class:`~anysched.TransientStoreError`; the rest
     as :class:`PostgresStoreError`. Neither quotes the driver's message; raise it ``from None``."""
+    if isinstance(error, PoolClosed):  # not open yet, or closed: waiting will not open it
+        return PostgresStoreError(
+            f"PostgreSQL {operation} failed: its connection pool is not open (open a pool you give)"
+        )
     if isinstance(error, psycopg.OperationalError):
         reason = _refusal_at_connect(error)
         if reason is not None:
@@ -87,10 +93,14 @@ def translate(error: psycopg.Error, operation: str) -> Exception:
 
 
 def _refusal_at_connect(error: psycopg.OperationalError) -> str | None:
-    """Why the server refused a new connection for good (libpq gives no SQLSTATE there), or ``None``."""
-    if error.sqlstate is not None or "FATAL" not in str(error):
+    """Why the server (or libpq, reading the connection string) refused a new connection for good
+    (libpq gives no SQLSTATE there), or ``None``."""
+    if error.sqlstate is not None:
         return None
     text = str(error)
+    if "FATAL" not in text:
+        # libpq checks option values before any I/O ("invalid sslmode value"): retrying cannot help.
+        return "the connection string has an invalid option value" if _INVALID_OPTION.search(text) else None
     return next((reason for clue, reason in _PERMANENT_AT_CONNECT if clue in text), None)
 
 
@@ -123,6 +133,42 @@ async def drive_async(connection: psycopg.AsyncConnection[Any], op: Op[R], *, at
                 statement = op.send(Result(rows, cursor.rowcount))
             except StopIteration as stop:
                 return stop.value  # type: ignore[no-any-return]
+
+
+async def settled(call: Callable[[], Awaitable[R]], *, grace: float) -> R:
+    """``await call()``; if the caller is cancelled meanwhile, keep waiting (shielded) up to ``grace``
+    seconds for the server's answer before the cancellation goes on.
+
+    For a statement that leases rows: once sent, it may commit whether or not anyone waits for its
+    reply (the server reads it before it notices the client left). Waiting for the answer lets the
+    caller's clean-up find and undo what it did; giving up at once would let it commit afterwards.
+    """
+    outcome: list[R] = []
+    failure: list[Exception] = []
+    done = anyio.Event()
+    shield = anyio.CancelScope(shield=True)
+
+    async def run() -> None:
+        with shield:  # its own deadline (set on the caller's cancellation) is all that can stop it
+            try:
+                outcome.append(await call())
+            except Exception as error:
+                failure.append(error)
+            finally:
+                done.set()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(run)
+        try:
+            await done.wait()
+        except BaseException:  # the caller's cancellation: the statement gets `grace` to answer
+            shield.deadline = anyio.current_time() + grace
+            with anyio.CancelScope(shield=True):
+                await done.wait()
+            raise
+    if failure:
+        raise failure[0]
+    return outcome[0]
 
 
 def in_transaction(connection: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> bool:
@@ -179,8 +225,8 @@ class ThreadedPoolConnections:
 
     A cancelled call abandons its thread (as a cancelled async call abandons its query), so a
     stop stays bounded when the server hangs: the statement may still commit, which fencing
-    allows for; a claim abandoned so is handed back by token if it committed before the
-    hand-back runs, and otherwise waits for its leases to expire.
+    allows for. A claim is awaited a little longer (:func:`settled`), so that the hand-back by
+    token finds what it won; one that answers later still waits for its leases to expire.
     """
 
     def __init__(self, pool: ConnectionPool[Any], *, owned: bool) -> None:
@@ -263,7 +309,36 @@ async def connect_once(
     settings: dict[str, Any] = {**options, "autocommit": True}
     if running_on_asyncio():
         return await psycopg.AsyncConnection.connect(conninfo, **settings)
-    return await anyio.to_thread.run_sync(lambda: psycopg.Connection.connect(conninfo, **settings))
+    return await open_in_thread(lambda: psycopg.Connection.connect(conninfo, **settings))
+
+
+async def open_in_thread(
+    open_: Callable[[], psycopg.Connection[Any]], *, limiter: anyio.CapacityLimiter | None = None
+) -> psycopg.Connection[Any]:
+    """``open_()`` (a connection) in a worker thread that a cancellation abandons: a server that hangs
+    must not hold up a scheduler's stop for libpq's connect timeout. The thread closes what it opens
+    too late."""
+    lock = threading.Lock()
+    abandoned = False
+    opened: list[psycopg.Connection[Any]] = []
+
+    def work() -> psycopg.Connection[Any]:
+        connection = open_()
+        with lock:
+            if not abandoned:
+                opened.append(connection)
+                return connection
+        connection.close()  # nobody awaits it any more
+        return connection
+
+    try:
+        return await anyio.to_thread.run_sync(work, abandon_on_cancel=True, limiter=limiter)
+    except BaseException:
+        with lock:
+            abandoned = True
+        for connection in opened:  # opened, but the caller was cancelled before it received it
+            connection.close()
+        raise
 
 
 async def run_once(connection: psycopg.Connection[Any] | psycopg.AsyncConnection[Any], op: Op[R], *, atomic: bool) -> R:

@@ -8,9 +8,10 @@ psycopg's async ``notifies()``; elsewhere (trio) a worker thread waits on the sy
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
-from collections.abc import AsyncGenerator, Callable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -20,7 +21,8 @@ import anyio.to_thread
 import psycopg
 from psycopg import sql
 
-from ._connections import close_once, connect_once, translate
+from ..._wake_ups import beside
+from ._connections import close_once, open_in_thread, running_on_asyncio, translate
 
 _logger: logging.Logger = logging.getLogger("anysched")
 
@@ -36,30 +38,61 @@ async def listening(
 
     :raises TransientStoreError: the listening connection could not be opened (or failed later)
     """
+    listen = sql.SQL("LISTEN {}").format(sql.Identifier(channel))
+    # A limiter of its own: the listening thread lives as long as the block and must not hold one
+    # of the default limiter's tokens, which the store's calls (and the application's) share.
+    limiter = anyio.CapacityLimiter(1)
     try:
-        connection = await connect_once(conninfo, options)
-        listen = sql.SQL("LISTEN {}").format(sql.Identifier(channel))
-        if isinstance(connection, psycopg.AsyncConnection):
-            await connection.execute(listen)
+        if running_on_asyncio():
+            connection: psycopg.Connection[Any] | psycopg.AsyncConnection[Any] = await _listening_async(
+                conninfo, options, listen
+            )
         else:
-            await anyio.to_thread.run_sync(connection.execute, listen)
+            connection = await open_in_thread(
+                functools.partial(_connect_and_listen, conninfo, options, listen), limiter=limiter
+            )
     except psycopg.Error as error:
         raise translate(error, "LISTEN") from None
     try:
         stop = threading.Event()
-        async with anyio.create_task_group() as tg:
-            if isinstance(connection, psycopg.AsyncConnection):
-                tg.start_soon(_listen_async, connection, wake, name="anysched-postgres-listener")
-            else:
-                tg.start_soon(_listen_in_thread, connection, wake, stop, name="anysched-postgres-listener")
+        if isinstance(connection, psycopg.AsyncConnection):
+            forward: Callable[[], Awaitable[None]] = functools.partial(_listen_async, connection, wake)
+        else:
+            forward = functools.partial(_listen_in_thread, connection, wake, stop, limiter)
+        # beside: a listener that fails raises out of the block as itself (TransientStoreError), not in a group.
+        async with beside(forward):
             try:
                 yield
             finally:
                 stop.set()  # the thread sees it within a round; a cancellation waits for that
-                tg.cancel_scope.cancel()
     finally:
         with anyio.CancelScope(shield=True):
             await close_once(connection)
+
+
+async def _listening_async(
+    conninfo: str, options: Mapping[str, Any], listen: sql.Composed
+) -> psycopg.AsyncConnection[Any]:
+    settings: dict[str, Any] = {**options, "autocommit": True}
+    connection = await psycopg.AsyncConnection.connect(conninfo, **settings)
+    try:
+        await connection.execute(listen)
+    except BaseException:
+        with anyio.CancelScope(shield=True):
+            await connection.close()
+        raise
+    return connection
+
+
+def _connect_and_listen(conninfo: str, options: Mapping[str, Any], listen: sql.Composed) -> psycopg.Connection[Any]:
+    settings: dict[str, Any] = {**options, "autocommit": True}
+    connection = psycopg.Connection.connect(conninfo, **settings)
+    try:
+        connection.execute(listen)
+    except BaseException:
+        connection.close()
+        raise
+    return connection
 
 
 async def _listen_async(connection: psycopg.AsyncConnection[Any], wake: Callable[[], None]) -> None:
@@ -71,7 +104,7 @@ async def _listen_async(connection: psycopg.AsyncConnection[Any], wake: Callable
 
 
 async def _listen_in_thread(
-    connection: psycopg.Connection[Any], wake: Callable[[], None], stop: threading.Event
+    connection: psycopg.Connection[Any], wake: Callable[[], None], stop: threading.Event, limiter: anyio.CapacityLimiter
 ) -> None:
     def listen() -> None:
         while not stop.is_set():
@@ -80,6 +113,6 @@ async def _listen_in_thread(
 
     try:
         # Not abandoned on cancel: `stop` ends the thread within a round, before the connection closes.
-        await anyio.to_thread.run_sync(listen)
+        await anyio.to_thread.run_sync(listen, limiter=limiter)
     except psycopg.Error as error:
         raise translate(error, "LISTEN") from None
