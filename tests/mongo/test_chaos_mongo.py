@@ -45,6 +45,6 @@ async def test_chaos_on_mongo_loses_no_job_and_explains_every_extra_run(collecti
     print(result.table())
 
     assert result.violations() == [], result.table()
-    happened = result.common_events() | result.new_fault_events()
+    happened = result.common_events() | result.store_fault_events()
     assert [name for name, count in happened.items() if count == 0] == [], result.table()
     assert result.adds["adds that raised"] == result.adds["added twice or more"] == 0, result.table()

@@ -49,7 +49,7 @@ async def test_chaos_on_postgres_loses_no_job_and_explains_every_extra_run(postg
             "job timeout": result.run_ends["timeout"],
             "re-run after an interruption": result.extra_runs["interrupted"],
         }
-        | result.new_fault_events()
+        | result.store_fault_events()
     )
     assert [name for name, count in happened.items() if count == 0] == [], result.table()
     assert result.adds["adds that raised"] == result.adds["added twice or more"] == 0, result.table()
