@@ -106,6 +106,13 @@ async def test_retries_timeouts_and_explicit_outcomes_on_postgres(store: Postgre
     scenario.check({job_id: await store.get_job(job_id) for job_id in scenario.runs})
 
 
+# A connection the server killed while a worker thread held it (on trio a cancelled call abandons its
+# thread) can be finalised by psycopg after the pool let it go, with a ResourceWarning from its
+# __del__: psycopg's clean-up of a connection the test killed on purpose, not a leak of ours. Seen once
+# in a heavily loaded CI run; only that finaliser's warning is let through, and only here.
+@pytest.mark.filterwarnings(
+    "ignore:Exception ignored in.*BaseConnection.__del__:pytest.PytestUnraisableExceptionWarning"
+)
 async def test_the_run_goes_on_when_the_server_kills_the_stores_connections(
     postgres_url: str, schema: str, caplog: pytest.LogCaptureFixture
 ) -> None:
