@@ -151,6 +151,10 @@ class Schedule(Generic[T]):
             after = self.start - timedelta(microseconds=1)
         slots = self._intervals_after(after) if self.every is not None else self._cron_from(after)
         for slot in slots:
+            if slot <= after:
+                # cronsim reads a start time in the second pass of an hour repeated at fall-back as
+                # the first pass, so its first slot may lie before ``after`` (and before ``start``).
+                continue
             if self.end is not None and slot > self.end:
                 return
             yield slot

@@ -1,0 +1,72 @@
+"""An outside reviewer's attacks on the recurring schedules: each test is a defect found (and fixed),
+or a probe that held. The Berlin, Dublin (negative DST) and Sao Paulo (a change at midnight) cases
+use real transitions of the zone database."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime, timedelta, timezone
+
+import anyio
+import pytest
+
+from anysched import Job, MemoryStore, Schedule, open_scheduler, slot_of
+from support import Recorder
+
+pytestmark = pytest.mark.anyio
+
+Clock = Callable[[], datetime]
+UTC = timezone.utc
+
+
+def clock_from(base: datetime) -> Clock:
+    """A wall clock that reads ``base`` now and then follows the event loop's clock."""
+    origin = anyio.current_time()
+    return lambda: base + timedelta(seconds=anyio.current_time() - origin)
+
+
+def slots_of(jobs: list[Job[str]], schedule_id: str) -> list[datetime]:
+    found = [slot_of(job) for job in jobs]
+    return [slot.slot for slot in found if slot is not None and slot.schedule_id == schedule_id]
+
+
+# -- the hour repeated at fall-back: a "next" slot that lies in the past -------------------------
+
+REPEATED_HOURS = [
+    # zone, cron, a moment in the second pass of the repeated hour, before the cron's wall time
+    ("Europe/Berlin", "15 2 * * *", datetime(2026, 10, 25, 1, 0, 7, tzinfo=UTC)),  # 02:00:07 CET
+    ("Europe/Dublin", "30 1 * * *", datetime(2026, 10, 25, 1, 0, 7, tzinfo=UTC)),  # 01:00:07 GMT
+    ("America/Sao_Paulo", "45 23 * * *", datetime(2018, 2, 18, 2, 0, 7, tzinfo=UTC)),  # 23:00:07 BRT
+]
+
+
+@pytest.mark.parametrize(("zone", "cron", "at"), REPEATED_HOURS)
+def test_the_next_slot_in_the_second_pass_of_a_repeated_hour_is_after_it(zone: str, cron: str, at: datetime) -> None:
+    schedule = Schedule(id="daily", payload=0, cron=cron, zone=zone)
+    following = schedule.next_slot(at)
+    assert following is not None
+    assert following > at
+    assert following - at > timedelta(hours=20)  # the repeated time ran once, in the first pass: tomorrow's
+    assert all(slot > at for _, slot in zip(range(3), schedule.slots_after(at), strict=False))
+
+
+@pytest.mark.parametrize(("zone", "cron", "at"), REPEATED_HOURS)
+def test_a_schedule_starting_in_a_repeated_hour_has_no_slot_before_its_start(
+    zone: str, cron: str, at: datetime
+) -> None:
+    schedule = Schedule(id="daily", payload=0, cron=cron, zone=zone, start=at)
+    following = schedule.next_slot(at - timedelta(days=1))
+    assert following is not None
+    assert following >= at
+
+
+async def test_a_schedule_started_in_a_repeated_hour_does_not_enqueue_a_slot_before_its_start() -> None:
+    zone, cron, at = REPEATED_HOURS[0]
+    clock = clock_from(at)
+    daily = Schedule(id="daily", payload="p", cron=cron, zone=zone, start=at)
+    witness = Schedule(id="witness", payload="p", every=timedelta(seconds=0.25), start=at)
+    recorder = Recorder[str]()
+    with anyio.fail_after(10):
+        async with open_scheduler(MemoryStore[str](), recorder, schedules=[daily, witness], clock=clock, workers=1):
+            await recorder.wait_finished(3)  # a slot enqueued at start would have run by the witness's third
+    assert slots_of(recorder.started, "daily") == []
