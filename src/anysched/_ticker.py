@@ -15,7 +15,7 @@ import itertools
 import logging
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Generic, TypeVar
 
 import anyio
@@ -32,6 +32,11 @@ logger = logging.getLogger("anysched")
 LONGEST_NAP = 60.0
 """The longest the ticker sleeps before reading the wall clock again (seconds). It sleeps on the
 event loop's monotonic clock; a wall clock stepped forward meanwhile delays a slot by at most this."""
+
+WAKE_LATENESS = timedelta(seconds=1)
+"""How late the ticker may wake for the slot it slept until and still count it on time, whatever the
+schedule's ``misfire_grace``: a sleep ends after its deadline (the event loop's latency), so a grace
+shorter than that, zero included, would otherwise skip every slot."""
 
 
 @dataclass
@@ -165,7 +170,7 @@ class Ticker(Generic[T]):
         following = None if entry.upcoming is None else next(entry.upcoming, None)
         if entry.upcoming is not None and (following is None or following > now):
             # On time: the slot it slept until is the only one due (the common case: O(1) slots).
-            due = [when] if when >= now - schedule.misfire_grace else []
+            due = [when] if when >= now - schedule.misfire_grace - WAKE_LATENESS else []
         else:
             # Its first look, or late by a whole period or more (downtime, a store that was down,
             # a clock step): the misfire policy decides, and the walk restarts after now.

@@ -70,3 +70,31 @@ async def test_a_schedule_started_in_a_repeated_hour_does_not_enqueue_a_slot_bef
         async with open_scheduler(MemoryStore[str](), recorder, schedules=[daily, witness], clock=clock, workers=1):
             await recorder.wait_finished(3)  # a slot enqueued at start would have run by the witness's third
     assert slots_of(recorder.started, "daily") == []
+
+
+# -- misfire grace at its bound ------------------------------------------------------------------
+
+
+async def test_a_zero_misfire_grace_still_runs_the_slots_that_come_while_the_scheduler_runs(clock: Clock) -> None:
+    start = clock()
+    schedule = Schedule(
+        id="tick", payload="p", every=timedelta(seconds=0.25), start=start, misfire_grace=timedelta(0)
+    )
+    recorder = Recorder[str]()
+    with anyio.fail_after(5):
+        async with open_scheduler(MemoryStore[str](), recorder, schedules=[schedule], clock=clock):
+            await recorder.wait_finished(3)
+    ran = slots_of(recorder.started, "tick")
+    assert {start + timedelta(seconds=0.25), start + timedelta(seconds=0.5)} <= set(ran)  # (trio starts on a slot)
+
+
+async def test_a_zero_misfire_grace_runs_no_slot_missed_before_the_start() -> None:
+    clock = clock_from(datetime(2030, 1, 1, 0, 30, tzinfo=UTC))  # the hourly slot was half an hour ago
+    now = clock()
+    hourly = Schedule(id="hourly", payload="p", every=timedelta(hours=1), misfire_grace=timedelta(0))
+    witness = Schedule(id="witness", payload="p", every=timedelta(seconds=0.25), start=now)
+    recorder = Recorder[str]()
+    with anyio.fail_after(5):
+        async with open_scheduler(MemoryStore[str](), recorder, schedules=[hourly, witness], clock=clock, workers=1):
+            await recorder.wait_finished(3)
+    assert slots_of(recorder.started, "hourly") == []
