@@ -77,9 +77,7 @@ async def test_a_schedule_started_in_a_repeated_hour_does_not_enqueue_a_slot_bef
 
 async def test_a_zero_misfire_grace_still_runs_the_slots_that_come_while_the_scheduler_runs(clock: Clock) -> None:
     start = clock()
-    schedule = Schedule(
-        id="tick", payload="p", every=timedelta(seconds=0.25), start=start, misfire_grace=timedelta(0)
-    )
+    schedule = Schedule(id="tick", payload="p", every=timedelta(seconds=0.25), start=start, misfire_grace=timedelta(0))
     recorder = Recorder[str]()
     with anyio.fail_after(5):
         async with open_scheduler(MemoryStore[str](), recorder, schedules=[schedule], clock=clock):
