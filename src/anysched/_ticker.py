@@ -58,7 +58,8 @@ class TickerStatistics:
 
     :param enqueued: slots whose job this ticker added
     :param taken: slots whose job was there already (another process, or an earlier run, added it)
-    :param failed: slots whose job could not be added (a permanent store or payload error)
+    :param failed: slots whose job could not be added (a permanent store or payload error), and
+        schedules dropped because their slots cannot be computed
     :param wakes: times the ticker woke to look at its heap
     """
 
@@ -151,7 +152,16 @@ class Ticker(Generic[T]):
             when, _, entry = heapq.heappop(self._heap)
             if not entry.active:
                 continue
-            following = await self._enqueue_due(entry, when, now)
+            try:
+                following = await self._enqueue_due(entry, when, now)
+            except Exception as error:  # its slots overflow the calendar (say): the others must go on
+                self.statistics.failed += 1
+                logger.error(
+                    "schedule %s: its slots cannot be computed, it is no longer ticked: %s",
+                    entry.schedule.id,
+                    type(error).__name__,
+                )
+                following = None
             if following is not None and entry.active:  # else it has ended or was replaced meanwhile
                 self._push(following, entry)
             elif entry.active:

@@ -96,3 +96,28 @@ async def test_a_zero_misfire_grace_runs_no_slot_missed_before_the_start() -> No
         async with open_scheduler(MemoryStore[str](), recorder, schedules=[hourly, witness], clock=clock, workers=1):
             await recorder.wait_finished(3)
     assert slots_of(recorder.started, "hourly") == []
+
+
+# -- one schedule whose slots cannot be computed ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        Schedule(id="bad", payload="secret-payload", every=timedelta(days=999_999_999)),  # its next slot: year 2.7M
+        Schedule(id="bad", payload="secret-payload", every=timedelta(seconds=0.25), jitter=timedelta.max),
+    ],
+    ids=["every", "jitter"],
+)
+async def test_a_schedule_whose_slots_overflow_the_calendar_does_not_stop_the_others(
+    bad: Schedule[str], clock: Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    witness = Schedule(id="witness", payload="p", every=timedelta(seconds=0.25), start=clock())
+    recorder = Recorder[str]()
+    with anyio.fail_after(5):
+        async with open_scheduler(MemoryStore[str](), recorder, schedules=[bad, witness], clock=clock, workers=1):
+            await recorder.wait_finished(3)
+    assert len(slots_of(recorder.started, "witness")) == 3
+    assert "bad" in caplog.text
+    assert "OverflowError" in caplog.text
+    assert "secret-payload" not in caplog.text
