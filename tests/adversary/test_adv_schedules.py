@@ -6,11 +6,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import anyio
 import pytest
 
 from anysched import Job, MemoryStore, Schedule, open_scheduler, slot_of
+from anysched.stores.sqlite import SQLiteStore
 from support import Recorder
 
 pytestmark = pytest.mark.anyio
@@ -120,4 +122,34 @@ async def test_a_schedule_whose_slots_overflow_the_calendar_does_not_stop_the_ot
     assert len(slots_of(recorder.started, "witness")) == 3
     assert "bad" in caplog.text
     assert "OverflowError" in caplog.text
+    assert "secret-payload" not in caplog.text
+
+
+# -- one stored schedule that does not decode ------------------------------------------------------
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])  # real time: SQLite works in threads
+async def test_a_stored_schedule_that_no_longer_decodes_does_not_hide_the_others(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    db = tmp_path / "jobs.db"
+    async with SQLiteStore(db, str) as old_code:  # the payload type before a deploy changed it
+        await old_code.put_schedule(Schedule(id="legacy", payload="secret-payload", every=timedelta(hours=1)))
+    witness = Schedule(id="witness", payload=7, every=timedelta(seconds=0.1))
+    ran: list[Job[int]] = []
+    three = anyio.Event()
+
+    async def handler(job: Job[int]) -> None:
+        ran.append(job)
+        if len(ran) >= 3:
+            three.set()
+
+    with anyio.fail_after(10):
+        async with (
+            SQLiteStore(db, int) as store,
+            open_scheduler(store, handler, schedules=[witness], schedule_refresh=0.05, fetch_interval=0.05),
+        ):
+            await three.wait()
+    assert {found.schedule_id for found in map(slot_of, ran) if found is not None} == {"witness"}
+    assert "legacy" in caplog.text
     assert "secret-payload" not in caplog.text
