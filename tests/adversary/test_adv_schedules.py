@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any, cast
 
 import anyio
 import pytest
@@ -152,4 +153,29 @@ async def test_a_stored_schedule_that_no_longer_decodes_does_not_hide_the_others
             await three.wait()
     assert {found.schedule_id for found in map(slot_of, ran) if found is not None} == {"witness"}
     assert "legacy" in caplog.text
+    assert "secret-payload" not in caplog.text
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])  # real time: SQLite works in threads
+async def test_a_declared_schedule_the_store_cannot_keep_does_not_stop_the_scheduler(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    unfit = Schedule(id="unfit", payload=cast(Any, "secret-payload"), every=timedelta(hours=1))  # not an int
+    witness = Schedule(id="witness", payload=7, every=timedelta(seconds=0.1))
+    ran: list[Job[int]] = []
+    three = anyio.Event()
+
+    async def handler(job: Job[int]) -> None:
+        ran.append(job)
+        if len(ran) >= 3:
+            three.set()
+
+    with anyio.fail_after(10):
+        async with (
+            SQLiteStore(tmp_path / "jobs.db", int) as store,
+            open_scheduler(store, handler, schedules=[unfit, witness], schedule_refresh=0.05, fetch_interval=0.05),
+        ):
+            await three.wait()
+    assert {found.schedule_id for found in map(slot_of, ran) if found is not None} == {"witness"}
+    assert "unfit" in caplog.text
     assert "secret-payload" not in caplog.text
