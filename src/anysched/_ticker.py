@@ -19,6 +19,7 @@ from datetime import datetime, timedelta
 from typing import Generic, TypeVar
 
 import anyio
+import anyio.lowlevel
 from anyio.abc import TaskStatus
 
 from ._exceptions import DuplicateJobError
@@ -32,6 +33,10 @@ logger = logging.getLogger("anysched")
 LONGEST_NAP = 60.0
 """The longest the ticker sleeps before reading the wall clock again (seconds). It sleeps on the
 event loop's monotonic clock; a wall clock stepped forward meanwhile delays a slot by at most this."""
+
+YIELD_EVERY = 100
+"""How many schedules the ticker looks at before it lets the other tasks run: its first look at
+10,000 schedules costs seconds of CPU, which handlers and lease renewals must not wait for."""
 
 WAKE_LATENESS = timedelta(seconds=1)
 """How late the ticker may wake for the slot it slept until and still count it on time, whatever the
@@ -148,7 +153,12 @@ class Ticker(Generic[T]):
         """Handle every schedule whose moment has come, or sleep until the first one's."""
         self.statistics.wakes += 1
         now = self._now()
+        looked = 0
         while self._heap and self._heap[0][0] <= now:
+            looked += 1
+            if looked % YIELD_EVERY == 0:
+                await anyio.lowlevel.checkpoint()
+                continue  # the heap again: the schedules may have been replaced meanwhile
             when, _, entry = heapq.heappop(self._heap)
             if not entry.active:
                 continue

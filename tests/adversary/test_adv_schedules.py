@@ -10,9 +10,11 @@ from pathlib import Path
 from typing import Any, cast
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 from anysched import Job, MemoryStore, Schedule, open_scheduler, slot_of
+from anysched._ticker import Ticker
 from anysched.stores.sqlite import SQLiteStore
 from support import Recorder
 
@@ -179,3 +181,40 @@ async def test_a_declared_schedule_the_store_cannot_keep_does_not_stop_the_sched
     assert {found.schedule_id for found in map(slot_of, ran) if found is not None} == {"witness"}
     assert "unfit" in caplog.text
     assert "secret-payload" not in caplog.text
+
+
+# -- many schedules ------------------------------------------------------------------------------
+
+
+async def test_the_ticker_lets_other_tasks_run_while_it_looks_at_many_schedules(clock: Clock) -> None:
+    # Its first look at 10,000 schedules takes seconds of CPU: handlers, lease renewals and the
+    # fetcher must not wait for the end of it. An add that never yields stands for MemoryStore's.
+    now = clock()
+    count = 1000
+    schedules = tuple(
+        Schedule(id=f"s{n}", payload="p", every=timedelta(hours=1), start=now - timedelta(minutes=1))
+        for n in range(count)
+    )
+    rounds = 0  # how often another task ran
+    seen: list[int] = []
+    all_added = anyio.Event()
+
+    async def add(job: Job[str]) -> None:
+        seen.append(rounds)
+        if len(seen) == count:
+            all_added.set()
+
+    async def other_task() -> None:
+        nonlocal rounds
+        while True:
+            await anyio.lowlevel.checkpoint()
+            rounds += 1
+
+    ticker = Ticker(schedules, add, clock)
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(other_task)
+            await tg.start(ticker.run)
+            await all_added.wait()
+            tg.cancel_scope.cancel()
+    assert seen[-1] - seen[0] >= count // 100  # it let the others run at least every hundred schedules
