@@ -4,10 +4,12 @@ use real transitions of the zone database."""
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, cast
+from zoneinfo import ZoneInfo
 
 import anyio
 import anyio.lowlevel
@@ -75,6 +77,59 @@ async def test_a_schedule_started_in_a_repeated_hour_does_not_enqueue_a_slot_bef
         async with open_scheduler(MemoryStore[str](), recorder, schedules=[daily, witness], clock=clock, workers=1):
             await recorder.wait_finished(3)  # a slot enqueued at start would have run by the witness's third
     assert slots_of(recorder.started, "daily") == []
+
+
+def _transitions(zone: ZoneInfo, year: int) -> list[datetime]:
+    """The moments (UTC, to the quarter hour) when ``zone``'s offset changed in ``year``."""
+    found: list[datetime] = []
+    moment = datetime(year, 1, 1, tzinfo=UTC)
+    offset = moment.astimezone(zone).utcoffset()
+    while moment.year == year:
+        moment += timedelta(minutes=15)
+        if moment.astimezone(zone).utcoffset() != offset:
+            offset = moment.astimezone(zone).utcoffset()
+            found.append(moment)
+    return found
+
+
+@pytest.mark.parametrize(
+    ("zone", "year"),
+    [
+        ("Australia/Lord_Howe", 2026),  # 30-minute changes
+        ("Europe/Dublin", 2026),  # negative DST in the zone database
+        ("America/Sao_Paulo", 2018),  # changes at midnight (DST ended in 2019)
+        ("America/Havana", 2026),  # spring forward at midnight
+        ("Asia/Beirut", 2026),  # spring forward at midnight
+        ("Europe/Berlin", 2026),
+    ],
+)
+@pytest.mark.parametrize("cron", ["0 0 * * *", "30 1 * * *", "15 2 * * *", "45 23 * * *", "*/30 * * * *"])
+def test_around_every_transition_the_next_latest_and_due_slots_agree_with_one_forward_walk(
+    zone: str, year: int, cron: str
+) -> None:
+    schedule = Schedule(id="s", payload=0, cron=cron, zone=zone)
+    local = ZoneInfo(zone)
+    changes = _transitions(local, year)
+    assert changes
+    for change in changes:
+        walk: list[datetime] = []  # three days before the change, two after, in one forward walk
+        for slot in schedule.slots_after(change - timedelta(days=3)):
+            if slot > change + timedelta(days=2):
+                break
+            walk.append(slot)
+        assert walk == sorted(set(walk))
+        if cron.split()[1] != "*":  # a fixed hour: exactly one slot on each local day around the change
+            days = [slot.astimezone(local).date() for slot in walk]
+            inner = days[1:-1]  # the walk's first and last days may be cut
+            assert len(inner) == len(set(inner))
+        for minutes in range(-150, 150, 20):
+            at = change + timedelta(minutes=minutes, seconds=7)
+            upto = bisect.bisect_right(walk, at)  # walk[:upto] are the slots at or before ``at``
+            assert schedule.next_slot(at) == walk[upto]
+            assert schedule.latest_slots(at, 2) == walk[max(upto - 2, 0) : upto]
+            handled = at - timedelta(minutes=10)
+            due = walk[bisect.bisect_right(walk, handled) : upto][-1:]
+            assert schedule.due_slots(handled, at) == due
 
 
 # -- misfire grace at its bound ------------------------------------------------------------------
