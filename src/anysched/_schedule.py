@@ -69,7 +69,8 @@ class Schedule(Generic[T]):
     :param misfire: for slots missed while no scheduler ran (or while the store was down):
         ``"coalesce"`` runs one job, for the latest missed slot; ``"each"`` runs one per missed slot,
         the latest ``catch_up_limit`` of them
-    :param misfire_grace: a missed slot older than this is skipped, never run
+    :param misfire_grace: a missed slot older than this is skipped, never run (the slot a running
+        ticker wakes for counts as on time up to a second late, so ``0`` skips only missed slots)
     :param catch_up_limit: the most missed slots ``"each"`` runs at once (never a burst)
     :param paused: a paused schedule enqueues nothing (for schedules kept in a store, changed
         at run time: see :class:`~anysched.StoresSchedules`)
@@ -151,6 +152,10 @@ class Schedule(Generic[T]):
             after = self.start - timedelta(microseconds=1)
         slots = self._intervals_after(after) if self.every is not None else self._cron_from(after)
         for slot in slots:
+            if slot <= after:
+                # cronsim reads a start time in the second pass of an hour repeated at fall-back as
+                # the first pass, so its first slot may lie before ``after`` (and before ``start``).
+                continue
             if self.end is not None and slot > self.end:
                 return
             yield slot

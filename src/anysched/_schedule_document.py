@@ -6,12 +6,16 @@ everything else maps here, field by field, once for every store.
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta, timezone
 from typing import Any, TypeVar
 
 from ._schedule import Schedule
 
 T = TypeVar("T")
+
+logger = logging.getLogger("anysched")
 
 _US = timedelta(microseconds=1)
 
@@ -60,6 +64,27 @@ def schedule_from_document(document: dict[str, Any], payload: T) -> Schedule[T]:
         )
     except (KeyError, TypeError) as error:
         raise ValueError(f"not a stored schedule: {type(error).__name__} {error}") from None
+
+
+def schedules_from_documents(documents: Iterable[dict[str, Any]], decode: Callable[[Any], T]) -> list[Schedule[T]]:
+    """The schedules ``documents`` hold, their payloads decoded by ``decode``.
+
+    A document that does not hold a valid schedule (a payload of a type the code has since
+    changed, say) is logged by its id and left out: it must not stop every other schedule.
+    Messages name no payload value (the codec's errors do not quote it).
+    """
+    found: list[Schedule[T]] = []
+    for document in documents:
+        try:
+            found.append(schedule_from_document(document, decode(document["payload"])))
+        except (KeyError, ValueError) as error:  # PayloadError is a ValueError
+            logger.error(
+                "schedule %s: stored, but it cannot be read, so it is not ticked: %s: %s",
+                document.get("id"),
+                type(error).__name__,
+                error,
+            )
+    return found
 
 
 def _maybe_us(moment: datetime | None) -> int | None:

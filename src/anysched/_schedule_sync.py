@@ -14,6 +14,7 @@ from typing import Generic, TypeVar
 
 import anyio
 
+from ._exceptions import PayloadError
 from ._retry import Backoff, call_store
 from ._schedule import Schedule
 from ._store import StoresSchedules
@@ -50,7 +51,17 @@ class ScheduleSync(Generic[T]):
         """Put the declared schedules, then follow the store until cancelled."""
         for schedule in self._declared:
             put = functools.partial(self._store.put_schedule, schedule)
-            await call_store("put_schedule", None, put, self._backoff)
+            try:
+                await call_store("put_schedule", None, put, self._backoff)
+            except Exception as error:  # permanent (a payload the store cannot encode): skip it, not all
+                # A PayloadError's text names no payload value; another error's might: its type only.
+                detail = f": {error}" if isinstance(error, PayloadError) else ""
+                logger.error(
+                    "schedule %s: the store cannot keep it, so it is not ticked: %s%s",
+                    schedule.id,
+                    type(error).__name__,
+                    detail,
+                )
         marker: int | None = None
         while True:
             marker = await self._follow(marker)

@@ -121,7 +121,7 @@ class StoresSchedules(Protocol[T]):
         ...
 
     async def list_schedules(self) -> list[Schedule[T]]:
-        """Every stored schedule (paused ones too), by id."""
+        """Every stored schedule (paused ones too), by id; one that cannot be read is logged and left out."""
         ...
 
     async def schedules_marker(self) -> int:

@@ -15,10 +15,11 @@ import itertools
 import logging
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Generic, TypeVar
 
 import anyio
+import anyio.lowlevel
 from anyio.abc import TaskStatus
 
 from ._exceptions import DuplicateJobError
@@ -32,6 +33,15 @@ logger = logging.getLogger("anysched")
 LONGEST_NAP = 60.0
 """The longest the ticker sleeps before reading the wall clock again (seconds). It sleeps on the
 event loop's monotonic clock; a wall clock stepped forward meanwhile delays a slot by at most this."""
+
+YIELD_EVERY = 100
+"""How many schedules the ticker looks at before it lets the other tasks run: its first look at
+10,000 schedules costs seconds of CPU, which handlers and lease renewals must not wait for."""
+
+WAKE_LATENESS = timedelta(seconds=1)
+"""How late the ticker may wake for the slot it slept until and still count it on time, whatever the
+schedule's ``misfire_grace``: a sleep ends after its deadline (the event loop's latency), so a grace
+shorter than that, zero included, would otherwise skip every slot."""
 
 
 @dataclass
@@ -53,7 +63,8 @@ class TickerStatistics:
 
     :param enqueued: slots whose job this ticker added
     :param taken: slots whose job was there already (another process, or an earlier run, added it)
-    :param failed: slots whose job could not be added (a permanent store or payload error)
+    :param failed: slots whose job could not be added (a permanent store or payload error), and
+        schedules dropped because their slots cannot be computed
     :param wakes: times the ticker woke to look at its heap
     """
 
@@ -142,11 +153,25 @@ class Ticker(Generic[T]):
         """Handle every schedule whose moment has come, or sleep until the first one's."""
         self.statistics.wakes += 1
         now = self._now()
+        looked = 0
         while self._heap and self._heap[0][0] <= now:
+            looked += 1
+            if looked % YIELD_EVERY == 0:
+                await anyio.lowlevel.checkpoint()
+                continue  # the heap again: the schedules may have been replaced meanwhile
             when, _, entry = heapq.heappop(self._heap)
             if not entry.active:
                 continue
-            following = await self._enqueue_due(entry, when, now)
+            try:
+                following = await self._enqueue_due(entry, when, now)
+            except Exception as error:  # its slots overflow the calendar (say): the others must go on
+                self.statistics.failed += 1
+                logger.error(
+                    "schedule %s: its slots cannot be computed, it is no longer ticked: %s",
+                    entry.schedule.id,
+                    type(error).__name__,
+                )
+                following = None
             if following is not None and entry.active:  # else it has ended or was replaced meanwhile
                 self._push(following, entry)
             elif entry.active:
@@ -165,7 +190,7 @@ class Ticker(Generic[T]):
         following = None if entry.upcoming is None else next(entry.upcoming, None)
         if entry.upcoming is not None and (following is None or following > now):
             # On time: the slot it slept until is the only one due (the common case: O(1) slots).
-            due = [when] if when >= now - schedule.misfire_grace else []
+            due = [when] if when >= now - schedule.misfire_grace - WAKE_LATENESS else []
         else:
             # Its first look, or late by a whole period or more (downtime, a store that was down,
             # a clock step): the misfire policy decides, and the walk restarts after now.

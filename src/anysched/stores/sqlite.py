@@ -34,7 +34,7 @@ from .._exceptions import (
 )
 from .._job import Job, JobStatus, new_lease_token
 from .._schedule import Schedule, check_schedule
-from .._schedule_document import schedule_document, schedule_from_document
+from .._schedule_document import schedule_document, schedules_from_documents
 from .._store import check_claim_arguments as _check_claim_arguments
 from .._store import check_job as _check_job
 from .._store import check_list_arguments as _check_list_arguments
@@ -402,13 +402,9 @@ class SQLiteStore(Generic[T]):
         return await self._run(lambda connection: _remove_schedule(connection, schedule_id))
 
     async def list_schedules(self) -> list[Schedule[T]]:
-        """Every stored schedule, by id.
-
-        :raises PayloadError: a stored schedule's payload does not decode
-        """
+        """Every stored schedule, by id; one that does not decode is logged and left out."""
         texts = await self._run(_select_schedules)
-        documents = [json.loads(text) for text in texts]
-        return [schedule_from_document(document, self._codec.decode(document["payload"])) for document in documents]
+        return schedules_from_documents((json.loads(text) for text in texts), self._codec.decode)
 
     async def schedules_marker(self) -> int:
         """A number that changes whenever a schedule is put or removed (one indexed read)."""
