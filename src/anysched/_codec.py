@@ -11,6 +11,7 @@ own texts do (``input_value=…``), and so would its exceptions chained as cause
 from __future__ import annotations
 
 import functools
+import json
 import typing
 from collections.abc import Iterable, Sequence
 from typing import Any, Generic, TypeVar
@@ -98,6 +99,20 @@ class PayloadCodec(Generic[T]):
     @property
     def _type_name(self) -> str:
         return getattr(self.payload_type, "__name__", repr(self.payload_type))
+
+
+def json_text(data: Any, what: str) -> str:
+    """``data`` (as :meth:`PayloadCodec.encode` returns it) as compact JSON text, for a store that keeps text.
+
+    :param what: the payload, as the error names it (``"a payload of type Email"``)
+    :raises PayloadError: it has no JSON form (a NaN, say); the message names ``what`` and the
+        error's kind, never the value (the error's own text may quote it)
+    """
+    try:
+        return json.dumps(data, allow_nan=False, separators=(",", ":"))
+    except (TypeError, ValueError) as error:
+        kind = type(error).__name__
+    raise PayloadError(f"{what} cannot be stored as JSON ({kind})")
 
 
 def _what(error_type: str, message: str) -> str:

@@ -10,7 +10,6 @@ lease token, and inserts, releases and retries ``NOTIFY`` listeners in their own
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import time
 from collections.abc import AsyncGenerator, Callable, Iterable, Sequence
@@ -29,7 +28,7 @@ except ImportError as _missing:  # pragma: no cover -- tested in a subprocess wi
         "anysched.stores.postgres needs psycopg 3 and psycopg_pool: pip install anysched[postgres]"
     ) from _missing
 
-from .._codec import PayloadCodec
+from .._codec import PayloadCodec, json_text
 from .._exceptions import JobNotFoundError, PayloadError, UndecodableDocumentError
 from .._job import Job, JobStatus, new_lease_token
 from .._schedule import Schedule, check_schedule
@@ -324,14 +323,8 @@ class PostgresStore(Generic[T]):
         :raises PayloadError: its payload cannot be stored as JSON; nothing was written
         """
         document = schedule_document(check_schedule(schedule), self._codec.encode(schedule.payload))
-        try:
-            text = json.dumps(document, allow_nan=False, separators=(",", ":"))
-        except (TypeError, ValueError) as error:  # its text may quote the value (``nan``)
-            kind = type(error).__name__
-            raise PayloadError(
-                f"the payload of schedule {schedule.id!r} (a {type(schedule.payload).__name__}) "
-                f"cannot be stored as JSON ({kind})"
-            ) from None
+        what = f"the payload of schedule {schedule.id!r} (a {type(schedule.payload).__name__})"
+        text = json_text(document, what)
         params = {"id": schedule.id, "document": Jsonb(text, dumps=_as_text)}
         sql = self._schedule_sql
 
@@ -548,15 +541,9 @@ class PostgresStore(Generic[T]):
 
     def _row(self, job: Job[T]) -> Row:
         """The job as statement parameters. :raises PayloadError: the payload cannot be encoded"""
-        data = self._codec.encode(job.payload)
-        try:
-            text = json.dumps(data, allow_nan=False, separators=(",", ":"))
-        except (TypeError, ValueError) as error:  # its text may quote the value (``nan``)
-            kind = type(error).__name__
-        else:
-            fields = {name: write(getattr(job, name)) for name, (write, _) in FIELDS.items()}
-            return {"payload": Jsonb(text, dumps=_as_text), **fields}
-        raise PayloadError(f"a payload of type {type(job.payload).__name__} cannot be stored as JSON ({kind})")
+        text = json_text(self._codec.encode(job.payload), f"a payload of type {type(job.payload).__name__}")
+        fields = {name: write(getattr(job, name)) for name, (write, _) in FIELDS.items()}
+        return {"payload": Jsonb(text, dumps=_as_text), **fields}
 
     def _job(self, row: Row) -> Job[T]:
         """The job a row holds.

@@ -23,7 +23,7 @@ from typing import Any, Final, Generic, Literal, TypeAlias, TypeVar, overload
 import anyio
 import anyio.to_thread
 
-from .._codec import PayloadCodec
+from .._codec import PayloadCodec, json_text
 from .._exceptions import (
     AnyschedError,
     DuplicateJobError,
@@ -520,14 +520,8 @@ class SQLiteStore(Generic[T]):
 
     def _row(self, job: Job[T]) -> _Row:
         """The job as a row. :raises PayloadError: the payload cannot be encoded"""
-        data = self._codec.encode(job.payload)
-        try:
-            payload = json.dumps(data, allow_nan=False, separators=(",", ":"))
-        except (TypeError, ValueError) as error:  # its text may quote the value (``nan``)
-            kind = type(error).__name__
-        else:
-            return {"payload": payload, **{name: write(getattr(job, name)) for name, (write, _) in _FIELDS.items()}}
-        raise PayloadError(f"a payload of type {type(job.payload).__name__} cannot be stored as JSON ({kind})")
+        payload = json_text(self._codec.encode(job.payload), f"a payload of type {type(job.payload).__name__}")
+        return {"payload": payload, **{name: write(getattr(job, name)) for name, (write, _) in _FIELDS.items()}}
 
     def _job(self, row: _Row) -> Job[T]:
         """The job a row holds. :raises PayloadError: its payload does not decode"""

@@ -14,7 +14,7 @@ import threading
 from collections.abc import Awaitable, Callable, Generator, Mapping
 from contextlib import AbstractAsyncContextManager, AbstractContextManager, nullcontext
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeAlias, TypeVar, cast
+from typing import Any, Generic, Protocol, TypeAlias, TypeVar, cast
 
 import anyio
 import anyio.to_thread
@@ -26,6 +26,7 @@ from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolClosed
 from ..._exceptions import AnyschedError, DuplicateJobError, PayloadError, TransientStoreError
 
 R = TypeVar("R")
+P = TypeVar("P", "AsyncConnectionPool[Any]", "ConnectionPool[Any]")
 _logger: logging.Logger = logging.getLogger("anysched")
 _DUPLICATE_KEY = re.compile(r"Key \(id\)=\((.*)\) already exists")
 _INVALID_OPTION = re.compile(r"\binvalid \w+ value")
@@ -192,12 +193,12 @@ class Connections(Protocol):
     async def close(self) -> None: ...
 
 
-class AsyncPoolConnections:
-    """psycopg's ``AsyncConnectionPool``: asyncio only."""
+class _Pool(Generic[P]):
+    """What both runners read off their pool the same way: where the listener connects, and how."""
 
-    def __init__(self, pool: AsyncConnectionPool[Any], *, owned: bool) -> None:
-        self._pool = pool
-        self._owned = owned
+    def __init__(self, pool: P, *, owned: bool) -> None:
+        self._pool: P = pool
+        self._owned = owned  # made by the store, so opened and closed by it
 
     @property
     def conninfo(self) -> str:
@@ -206,6 +207,10 @@ class AsyncPoolConnections:
     @property
     def connect_options(self) -> dict[str, Any]:
         return _plain_options(self._pool.kwargs)
+
+
+class AsyncPoolConnections(_Pool["AsyncConnectionPool[Any]"]):
+    """psycopg's ``AsyncConnectionPool``: asyncio only."""
 
     async def run(self, make_op: Callable[[], Op[R]], *, atomic: bool = False) -> R:
         async with self._pool.connection() as connection:
@@ -220,7 +225,7 @@ class AsyncPoolConnections:
             await self._pool.close()
 
 
-class ThreadedPoolConnections:
+class ThreadedPoolConnections(_Pool["ConnectionPool[Any]"]):
     """psycopg's sync ``ConnectionPool``, each operation in a worker thread: any anyio backend.
 
     A cancelled call abandons its thread (as a cancelled async call abandons its query), so a
@@ -228,18 +233,6 @@ class ThreadedPoolConnections:
     allows for. A claim is awaited a little longer (:func:`settled`), so that the hand-back by
     token finds what it won; one that answers later still waits for its leases to expire.
     """
-
-    def __init__(self, pool: ConnectionPool[Any], *, owned: bool) -> None:
-        self._pool = pool
-        self._owned = owned
-
-    @property
-    def conninfo(self) -> str:
-        return _plain_conninfo(self._pool.conninfo)
-
-    @property
-    def connect_options(self) -> dict[str, Any]:
-        return _plain_options(self._pool.kwargs)
 
     async def run(self, make_op: Callable[[], Op[R]], *, atomic: bool = False) -> R:
         return await anyio.to_thread.run_sync(self._run, make_op, atomic, abandon_on_cancel=True)
