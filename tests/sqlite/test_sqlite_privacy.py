@@ -17,6 +17,7 @@ import stat
 import sys
 import traceback
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -24,7 +25,7 @@ import anyio
 import pytest
 from pydantic import AfterValidator
 
-from anysched import Job, JobStatus, PayloadError
+from anysched import Job, JobStatus, PayloadError, Schedule
 from anysched._codec import PayloadCodec
 from anysched.stores.sqlite import SQLiteStore
 from anysched.testing import _VT as VT
@@ -120,6 +121,15 @@ async def test_a_payload_that_is_not_json_shows_no_value(db: Path) -> None:
     async with SQLiteStore(db, dict[str, float]) as store:
         with pytest.raises(PayloadError, match=r"a payload of type dict cannot be stored as JSON \(ValueError\)"):
             await store.add_job(Job.create({CARD: float("nan")}))
+
+
+async def test_a_schedule_payload_that_is_not_json_is_a_payload_error_without_its_value(db: Path) -> None:
+    """As PostgresStore's: a NaN once escaped as json.dumps's ValueError, not the documented PayloadError."""
+    async with SQLiteStore(db, dict[str, float]) as store:
+        schedule = Schedule(id="s", payload={CARD: float("nan")}, every=timedelta(seconds=1))
+        with pytest.raises(PayloadError, match=r"schedule 's' \(a dict\) cannot be stored as JSON \(ValueError\)"):
+            await store.put_schedule(schedule)
+        assert await store.list_schedules() == []
 
 
 async def test_an_undecodable_stored_job_fails_without_its_value_anywhere(

@@ -394,7 +394,7 @@ class SQLiteStore(Generic[T]):
         :raises PayloadError: its payload cannot be encoded; nothing was written
         """
         document = schedule_document(check_schedule(schedule), self._codec.encode(schedule.payload))
-        text = json.dumps(document, allow_nan=False, separators=(",", ":"))
+        text = json_text(document, f"the payload of schedule {schedule.id!r} (a {type(schedule.payload).__name__})")
         await self._run(lambda connection: _put_schedule(connection, schedule.id, text))
 
     async def remove_schedule(self, schedule_id: str) -> bool:
