@@ -3,10 +3,6 @@ kills, against the real PostgreSQL server (see ``tests/postgres/postgres_support
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Iterator
-from pathlib import Path
-
 import anyio
 import anyio.to_thread
 import psycopg
@@ -16,33 +12,7 @@ from anysched import TransientStoreError
 from anysched.stores.postgres import PostgresStore
 from anysched.testing import Payload
 
-sys.path.insert(0, str(Path(__file__).parent.parent / "postgres"))  # the Postgres tests' helpers
-from postgres_support import drop_schema, find_server, new_schema_name
-
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture(params=["asyncio", "trio"])
-def anyio_backend(request: pytest.FixtureRequest) -> str:
-    return str(request.param)  # no mock clock: these tests wait on real I/O
-
-
-@pytest.fixture(scope="module")
-def postgres_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    server = find_server(tmp_path_factory.mktemp("postgres"))
-    if server is None:
-        pytest.skip("no PostgreSQL server: see tests/postgres/postgres_support.py")
-    try:
-        yield server.url
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-def schema(postgres_url: str) -> Iterator[str]:
-    name = new_schema_name()
-    yield name
-    drop_schema(postgres_url, name)
 
 
 def _kill_listener(url: str, channel: str) -> int:

@@ -3,11 +3,9 @@ session settings of the user's, against the real server (see ``tests/postgres/po
 
 from __future__ import annotations
 
-import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -21,33 +19,7 @@ from anysched import Job, JobStatus
 from anysched.stores.postgres import PostgresStore, PostgresStoreError
 from anysched.testing import Payload
 
-sys.path.insert(0, str(Path(__file__).parent.parent / "postgres"))  # the Postgres tests' helpers
-from postgres_support import drop_schema, find_server, new_schema_name
-
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture(params=["asyncio", "trio"])
-def anyio_backend(request: pytest.FixtureRequest) -> str:
-    return str(request.param)  # no mock clock: these tests wait on real I/O
-
-
-@pytest.fixture(scope="module")
-def postgres_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    server = find_server(tmp_path_factory.mktemp("postgres"))
-    if server is None:
-        pytest.skip("no PostgreSQL server: see tests/postgres/postgres_support.py")
-    try:
-        yield server.url
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-def schema(postgres_url: str) -> Iterator[str]:
-    name = new_schema_name()
-    yield name
-    drop_schema(postgres_url, name)
 
 
 class FreezingProxy:
