@@ -206,6 +206,23 @@ async def checkpoints(count: int) -> None:
         await anyio.lowlevel.checkpoint()
 
 
+class Done:
+    """Counts handled jobs (and who handled them, a number the test gives) and wakes a waiter once
+    ``expected`` distinct ones were handled."""
+
+    def __init__(self, expected: int) -> None:
+        self.expected = expected
+        self.handled: Counter[str] = Counter()
+        self.by: dict[str, set[int]] = {}
+        self.all_done = anyio.Event()
+
+    def record(self, job: Job[Payload], who: int = 0) -> None:
+        self.handled[job.id] += 1
+        self.by.setdefault(job.id, set()).add(who)
+        if len(self.handled) >= self.expected:
+            self.all_done.set()
+
+
 class RetryScenario:
     """Four jobs that exercise the retry machinery on any store (``Payload`` jobs, real clock):
 

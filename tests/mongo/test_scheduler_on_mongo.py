@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import os
-from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, TypedDict
@@ -18,7 +17,7 @@ from mongo_support import URI_ENV, ClaimProbe, Server, launch_secantusd, open_co
 from anysched import Backoff, Job, JobStatus, open_scheduler
 from anysched.stores.mongo import ClaimMode, MongoStore
 from anysched.testing import Payload
-from support import RetryScenario
+from support import Done, RetryScenario
 
 pytestmark = pytest.mark.anyio
 
@@ -31,22 +30,6 @@ class Fast(TypedDict):
 
 
 FAST: Fast = {"fetch_interval": 0.2, "store_backoff": Backoff(initial=0.05, maximum=0.5, jitter=0.05)}
-
-
-class Done:
-    """Counts handled jobs and wakes a waiter once ``expected`` distinct ones were handled."""
-
-    def __init__(self, expected: int) -> None:
-        self.expected = expected
-        self.handled: Counter[str] = Counter()
-        self.by: dict[str, set[int]] = {}
-        self.all_done = anyio.Event()
-
-    def record(self, job: Job[Payload], who: int = 0) -> None:
-        self.handled[job.id] += 1
-        self.by.setdefault(job.id, set()).add(who)
-        if len(self.handled) >= self.expected:
-            self.all_done.set()
 
 
 async def _add(store: MongoStore[Payload], count: int, prefix: str = "j") -> list[str]:

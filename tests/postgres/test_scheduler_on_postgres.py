@@ -4,7 +4,6 @@ retry scenario, and the server killing the store's connections mid-run."""
 from __future__ import annotations
 
 import logging
-from collections import Counter
 
 import anyio
 import anyio.lowlevel
@@ -15,7 +14,7 @@ from postgres_support import terminate_backends
 from anysched import Backoff, Job, JobStatus, open_scheduler
 from anysched.stores.postgres import PostgresStore
 from anysched.testing import Payload
-from support import RetryScenario, SchedulerOptions
+from support import Done, RetryScenario, SchedulerOptions
 
 pytestmark = pytest.mark.anyio
 
@@ -25,22 +24,6 @@ STORE_BACKOFF = Backoff(initial=0.05, maximum=0.5, jitter=0.05)
 def fast(workers: int) -> SchedulerOptions:
     """A scheduler of ``workers`` that polls often and retries the store soon."""
     return {"workers": workers, "fetch_interval": 0.2, "store_backoff": STORE_BACKOFF}
-
-
-class Done:
-    """Counts handled jobs and wakes a waiter once ``expected`` distinct ones were handled."""
-
-    def __init__(self, expected: int) -> None:
-        self.expected = expected
-        self.handled: Counter[str] = Counter()
-        self.by: dict[str, set[int]] = {}
-        self.all_done = anyio.Event()
-
-    def record(self, job: Job[Payload], who: int = 0) -> None:
-        self.handled[job.id] += 1
-        self.by.setdefault(job.id, set()).add(who)
-        if len(self.handled) >= self.expected:
-            self.all_done.set()
 
 
 async def _add(store: PostgresStore[Payload], count: int) -> list[str]:
