@@ -62,9 +62,10 @@ rules on stops and clock steps, with the lag's excuses) and ``result`` (the figu
 from __future__ import annotations
 
 from .config import ChaosConfig as ChaosConfig
+from .config import database_config as database_config
 from .config import mongo_config as mongo_config
 from .controller import run_chaos as run_chaos
 from .result import ChaosResult as ChaosResult
 from .workload import Work as Work
 
-__all__ = ("ChaosConfig", "ChaosResult", "Work", "mongo_config", "run_chaos")
+__all__ = ("ChaosConfig", "ChaosResult", "Work", "database_config", "mongo_config", "run_chaos")

@@ -123,6 +123,16 @@ class ChaosResult:
             "clock step": self.clock_steps,
         }
 
+    def missing_on_a_database(self) -> list[str]:
+        """The kinds of chaos a database store's run (:func:`~chaos_oracle.database_config`) should
+        see that did not happen: a test wants none."""
+        happened = (
+            self.common_events()
+            | {"job timeout": self.run_ends["timeout"], "re-run after an interruption": self.extra_runs["interrupted"]}
+            | self.store_fault_events()
+        )
+        return [name for name, count in happened.items() if count == 0]
+
     def common_events(self) -> dict[str, int]:
         """How often each kind of chaos every run should see happened (a test wants none at 0)."""
         return {
